@@ -1,0 +1,36 @@
+"""Export Keras image backbones as reusable SavedModels with TensorFlow Hub's image API.
+
+Example:
+    >>> import exporter
+    >>> exporter.export_feature_vector("resnet50", "/tmp/resnet50", weights="none")
+"""
+
+from exporter import backbones as _backbones
+from exporter.build import build_classifier, build_feature_vector
+from exporter.errors import ExportError
+from exporter.export import export_classifier, export_feature_vector, read_labels
+from exporter.module import ClassifierModule, FeatureVectorModule, ImageModule
+from exporter.registry import Backbone
+from exporter.registry import get as get_backbone
+from exporter.registry import names as list_backbones
+from exporter.save import save
+from exporter.spec import InvalidImagesError
+
+_backbones.register_all()
+
+__all__ = [
+    "Backbone",
+    "ClassifierModule",
+    "ExportError",
+    "FeatureVectorModule",
+    "ImageModule",
+    "InvalidImagesError",
+    "build_classifier",
+    "build_feature_vector",
+    "export_classifier",
+    "export_feature_vector",
+    "get_backbone",
+    "list_backbones",
+    "read_labels",
+    "save",
+]

@@ -1,0 +1,14 @@
+"""Every backbone family, registered explicitly in one place."""
+
+from exporter import registry
+from exporter.backbones import efficientnet, mobilenet, resnet
+
+FAMILIES = (efficientnet, mobilenet, resnet)
+
+
+def register_all() -> None:
+    """Register each family's fact sheets (once)."""
+    for family in FAMILIES:
+        for backbone in family.BACKBONES:
+            if backbone.name not in registry.names():
+                registry.register(backbone)

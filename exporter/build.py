@@ -1,0 +1,186 @@
+"""Registered backbone + weights + head -> an exportable module."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import keras
+
+from exporter import registry
+from exporter.errors import ExportError
+from exporter.module import ClassifierModule, FeatureVectorModule
+from exporter.progress import stage
+
+WEIGHT_SUFFIXES = (".weights.h5", ".keras")
+WEIGHTS_HELP = (
+    "'imagenet' (Keras' own download and cache), 'none' (random initialization), or a path "
+    "to a .weights.h5 or .keras file saved from the same architecture"
+)
+
+
+def resolve_weights(weights: str | os.PathLike | None) -> str | Path | None:
+    """Return ``'imagenet'``, ``None`` or an existing weights file path.
+
+    Raises:
+        ExportError: If ``weights`` is none of the three forms, or the file is missing.
+    """
+    if weights is None or str(weights).lower() == "none":
+        return None
+    if str(weights).lower() == "imagenet":
+        return "imagenet"
+    path = Path(weights).expanduser()
+    if not path.name.endswith(WEIGHT_SUFFIXES):
+        raise ExportError(f"Expected weights to be {WEIGHTS_HELP}. Received: {str(weights)!r}.")
+    if not path.is_file():
+        raise ExportError(f"Weights file not found: {path}. Expected {WEIGHTS_HELP}.")
+    return path
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _construct(backbone: registry.Backbone, weights, hint: str = "", **kwargs) -> keras.Model:
+    keras_weights = "imagenet" if weights == "imagenet" else None
+    try:
+        model = backbone.build(weights=keras_weights, **kwargs)
+    except Exception as error:
+        if keras_weights is None:
+            raise
+        raise ExportError(
+            f"Could not fetch the ImageNet weights of {backbone.name} "
+            f"({_first_line(error)}). Nothing was written. Use --weights=none for random "
+            f"initialization, or --weights=PATH for a .weights.h5 or .keras file saved from "
+            f"{backbone.source}."
+        ) from error
+    if isinstance(weights, Path):
+        with stage(f"load weights from {weights}"):
+            load_weights_file(model, weights, backbone.name, hint)
+    return model
+
+
+def load_weights_file(model: keras.Model, path: Path, architecture: str, hint: str = "") -> None:
+    """Load ``path`` into ``model``; a file of another architecture is an ExportError."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model.load_weights(path)
+    except Exception as error:
+        raise ExportError(
+            f"Weights file {path} does not fit {architecture}: {_first_line(error)}{hint}"
+        ) from error
+
+
+def load_backbone(backbone: registry.Backbone, weights) -> keras.Model:
+    """Build ``backbone`` without its classifier, at any input size, with ``weights``."""
+    size = backbone.native_size if backbone.fixed_size else None
+    weights = resolve_weights(weights)
+    with stage(f"build {backbone.name}{_weights_note(weights)}"):
+        model = _construct(backbone, weights, include_top=False, input_shape=(size, size, 3))
+    return model
+
+
+def _weights_note(weights) -> str:
+    return " with ImageNet weights" if weights == "imagenet" else ""
+
+
+def load_with_classifier(backbone: registry.Backbone, weights) -> tuple[keras.Model, keras.Model]:
+    """Build ``backbone`` with its own classifier, split into a free-size body and a head.
+
+    Keras only builds a backbone's classifier at a static input size. The body is rebuilt
+    on a free-size input from the very same layers, so it shares every weight. The head is
+    every layer after the last global pooling, with the final softmax removed.
+
+    Returns:
+        ``(body, head)``: a feature-map model and a model from pooled features to logits.
+    """
+    weights = resolve_weights(weights)
+    with stage(f"build {backbone.name} with its classifier{_weights_note(weights)}"):
+        full = _construct(
+            backbone,
+            weights,
+            hint=" The backbone's own classifier needs a file saved with include_top=True; "
+            "for a new head, give num_classes.",
+            include_top=True,
+            classifier_activation=None,
+        )
+    pools = [i for i, layer in enumerate(full.layers) if _is_global_pool(layer)]
+    if not pools:
+        raise ExportError(f"{backbone.name} has no global pooling before its classifier.")
+    pool = full.layers[pools[-1]]
+    size = backbone.native_size if backbone.fixed_size else None
+    body = keras.models.clone_model(
+        keras.Model(full.input, pool.input),
+        input_tensors=keras.Input((size, size, 3)),
+        clone_function=lambda layer: layer,
+    )
+    head = keras.Sequential(full.layers[pools[-1] + 1 :], name="classifier")
+    return body, head
+
+
+def _is_global_pool(layer) -> bool:
+    return isinstance(layer, (keras.layers.GlobalAveragePooling2D, keras.layers.GlobalMaxPooling2D))
+
+
+def build_feature_vector(
+    backbone: str, *, weights: str | os.PathLike | None = "imagenet", pooling: str = "avg"
+) -> FeatureVectorModule:
+    """Build the image feature vector module of a registered backbone.
+
+    Args:
+        backbone: A registered name; see ``exporter.list_backbones()``.
+        weights: ``'imagenet'``, ``'none'``/``None``, or a ``.weights.h5``/``.keras`` path.
+        pooling: ``'avg'`` or ``'max'`` over the last feature map.
+
+    Example:
+        >>> module = build_feature_vector("mobilenet_v2", weights=None)
+        >>> module.num_features
+        1280
+    """
+    facts = registry.get(backbone)
+    model = load_backbone(facts, weights)
+    return FeatureVectorModule(
+        model,
+        preprocessing=facts.preprocessing,
+        pooling=pooling,
+        min_size=facts.min_size,
+        fixed_size=facts.native_size if facts.fixed_size else None,
+        name=facts.name,
+    )
+
+
+def build_classifier(
+    backbone: str,
+    *,
+    weights: str | os.PathLike | None = "imagenet",
+    num_classes: int | None = None,
+    labels: list[str] | None = None,
+) -> ClassifierModule:
+    """Build the image classification module of a registered backbone.
+
+    Args:
+        backbone: A registered name; see ``exporter.list_backbones()``.
+        weights: ``'imagenet'``, ``'none'``/``None``, or a ``.weights.h5``/``.keras`` path.
+        num_classes: ``None`` keeps the backbone's own classifier (ImageNet's 1000 classes)
+            as logits; a number puts a new Dense head of that width on the pooled features.
+        labels: One class name per class, shipped as the ``labels.txt`` asset.
+
+    Example:
+        >>> module = build_classifier("mobilenet_v2", weights=None, num_classes=5)
+        >>> module.num_classes
+        5
+    """
+    facts = registry.get(backbone)
+    fixed_size = facts.native_size if facts.fixed_size else None
+    common = dict(preprocessing=facts.preprocessing, min_size=facts.min_size, labels=labels)
+    common.update(fixed_size=fixed_size, name=facts.name)
+    if num_classes is None:
+        body, head = load_with_classifier(facts, weights)
+        return ClassifierModule(body, head=head, **common)
+    model = load_backbone(facts, weights)
+    return ClassifierModule(
+        model, num_classes=num_classes, dropout_rate=facts.top_dropout, **common
+    )

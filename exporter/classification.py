@@ -1,0 +1,40 @@
+"""Export a registered backbone as an image classification SavedModel (logits).
+
+Usage:
+    python -m exporter.classification --backbone=resnet50 --out=DIR
+        [--num_classes=N] [--labels=FILE] [--weights=imagenet|none|PATH] [--overwrite]
+"""
+
+from absl import flags
+
+from exporter import cli
+from exporter.export import export_classifier
+
+_NUM_CLASSES = flags.DEFINE_integer(
+    "num_classes",
+    None,
+    "Width of a new Dense head on the pooled features. Unset: keep the backbone's own "
+    "(ImageNet) classifier, with its softmax removed.",
+    lower_bound=1,
+)
+_LABELS = flags.DEFINE_string(
+    "labels", None, "Text file with one class name per line, shipped as assets/labels.txt."
+)
+
+
+def main(argv: list[str]) -> None:
+    cli.no_positional_arguments(argv)
+    cli.run(
+        lambda: export_classifier(
+            cli.BACKBONE.value,
+            cli.OUT.value,
+            weights=cli.WEIGHTS.value,
+            num_classes=_NUM_CLASSES.value,
+            labels=_LABELS.value,
+            overwrite=cli.OVERWRITE.value,
+        )
+    )
+
+
+if __name__ == "__main__":
+    cli.start(main)

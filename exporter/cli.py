@@ -1,0 +1,77 @@
+"""What the two export CLIs share: common flags, signal handling, one-line errors."""
+
+from __future__ import annotations
+
+import logging as std_logging
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from absl import app, flags, logging
+
+from exporter import build, registry
+from exporter.errors import ExportError
+
+BACKBONE = flags.DEFINE_string(
+    "backbone", None, "Registered backbone name, e.g. resnet50; see --list_backbones."
+)
+OUT = flags.DEFINE_string(
+    "out", None, "SavedModel directory to write (must not exist, or be empty, unless --overwrite)."
+)
+WEIGHTS = flags.DEFINE_string("weights", "imagenet", f"Weights: {build.WEIGHTS_HELP}.")
+OVERWRITE = flags.DEFINE_bool(
+    "overwrite", False, "Replace an existing SavedModel at --out (atomically)."
+)
+LIST_BACKBONES = flags.DEFINE_bool(
+    "list_backbones", False, "Print every registered backbone with its facts, then exit."
+)
+
+
+def backbone_table() -> str:
+    """Return the registered backbones as a Markdown table."""
+    rows = [
+        "| backbone | native size | min size | num_features | preprocessing |",
+        "|---|---|---|---|---|",
+    ]
+    for name in registry.names():
+        b = registry.get(name)
+        size = f"{b.native_size} (fixed)" if b.fixed_size else str(b.native_size)
+        rows.append(f"| {name} | {size} | {b.min_size} | {b.num_features} | {b.preprocessing} |")
+    return "\n".join(rows)
+
+
+def _terminate(signum, frame):
+    # Turn SIGTERM into the same clean unwinding as Ctrl-C, so no partial output remains.
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def run(export: Callable[[], Path]) -> None:
+    """Run one export; print one line and exit non-zero on any user-facing failure."""
+    if LIST_BACKBONES.value:
+        print(backbone_table())
+        return
+    missing = [f"--{flag.name}" for flag in (BACKBONE, OUT) if not flag.value]
+    if missing:
+        sys.exit(f"error: {' and '.join(missing)} required; see --help.")
+    try:
+        path = export()
+    except ExportError as error:
+        sys.exit(f"error: {error}")
+    except KeyboardInterrupt:
+        sys.exit("error: interrupted; the output directory was left as it was.")
+    logging.info("exported to %s", path)
+
+
+def start(main: Callable[[list[str]], None]) -> None:
+    """Run ``main`` under absl with SIGTERM handled like Ctrl-C."""
+    signal.signal(signal.SIGTERM, _terminate)
+    # TensorFlow's own INFO lines (e.g. one per captured variable name) drown the stages.
+    std_logging.getLogger("tensorflow").setLevel(std_logging.WARNING)
+    app.run(main)
+
+
+def no_positional_arguments(argv: list[str]) -> None:
+    """Refuse stray positional arguments (usually a mistyped flag)."""
+    if len(argv) > 1:
+        sys.exit(f"error: unexpected arguments {argv[1:]}; flags take the form --name=value.")

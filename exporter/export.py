@@ -1,0 +1,78 @@
+"""One call from a backbone name to a verified SavedModel on disk."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from exporter import registry
+from exporter.build import build_classifier, build_feature_vector
+from exporter.errors import ExportError
+from exporter.save import check_destination, save
+
+
+def read_labels(path: str | os.PathLike) -> list[str]:
+    """Read one class name per line (trailing blank lines ignored).
+
+    Raises:
+        ExportError: If the file is missing or unreadable.
+    """
+    try:
+        text = Path(path).expanduser().read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise ExportError(f"Cannot read labels file {path}: {error.strerror or error}.") from None
+    return text.rstrip("\n").split("\n") if text.strip() else []
+
+
+def export_feature_vector(
+    backbone: str,
+    out: str | os.PathLike,
+    *,
+    weights: str | os.PathLike | None = "imagenet",
+    pooling: str = "avg",
+    overwrite: bool = False,
+) -> Path:
+    """Export a registered backbone as an image feature vector SavedModel.
+
+    Example:
+        >>> export_feature_vector("mobilenet_v2", "/tmp/fv", weights="none")
+        PosixPath('/tmp/fv')
+    """
+    check_destination(out, overwrite)
+    registry.get(backbone)
+    module = build_feature_vector(backbone, weights=weights, pooling=pooling)
+    return save(module, out, overwrite=overwrite)
+
+
+def export_classifier(
+    backbone: str,
+    out: str | os.PathLike,
+    *,
+    weights: str | os.PathLike | None = "imagenet",
+    num_classes: int | None = None,
+    labels: str | os.PathLike | list[str] | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Export a registered backbone as an image classification SavedModel (logits).
+
+    Args:
+        labels: A list of class names, or the path of a file with one per line.
+
+    Example:
+        >>> export_classifier("mobilenet_v2", "/tmp/cls", weights="none", num_classes=5)
+        PosixPath('/tmp/cls')
+    """
+    check_destination(out, overwrite)
+    facts = registry.get(backbone)
+    if num_classes is not None and (not isinstance(num_classes, int) or num_classes < 1):
+        raise ExportError(f"Expected num_classes to be a positive int. Received: {num_classes!r}.")
+    if labels is not None and not isinstance(labels, list):
+        labels = read_labels(labels)
+    expected = num_classes or facts.num_classes
+    if labels is not None and len(labels) != expected:
+        raise ExportError(
+            f"Expected one label per class ({expected} for {backbone}). "
+            f"Received {len(labels)} labels."
+        )
+    module = build_classifier(backbone, weights=weights, num_classes=num_classes, labels=labels)
+    return save(module, out, overwrite=overwrite)

@@ -1,0 +1,32 @@
+"""Export a registered backbone as an image feature vector SavedModel.
+
+Usage:
+    python -m exporter.feature_vector --backbone=resnet50 --out=DIR
+        [--weights=imagenet|none|PATH] [--pooling=avg|max] [--overwrite]
+"""
+
+from absl import flags
+
+from exporter import cli
+from exporter.export import export_feature_vector
+
+_POOLING = flags.DEFINE_enum(
+    "pooling", "avg", ["avg", "max"], "Global pooling of the last feature map."
+)
+
+
+def main(argv: list[str]) -> None:
+    cli.no_positional_arguments(argv)
+    cli.run(
+        lambda: export_feature_vector(
+            cli.BACKBONE.value,
+            cli.OUT.value,
+            weights=cli.WEIGHTS.value,
+            pooling=_POOLING.value,
+            overwrite=cli.OVERWRITE.value,
+        )
+    )
+
+
+if __name__ == "__main__":
+    cli.start(main)

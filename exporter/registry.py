@@ -1,0 +1,79 @@
+"""Named backbones: a frozen fact sheet per variant, and a strict registry of them."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+from exporter import preprocessing
+from exporter.errors import ExportError
+
+
+@dataclasses.dataclass(frozen=True)
+class Backbone:
+    """The facts about one backbone variant, each checked against the real model by tests.
+
+    Attributes:
+        name: Registry name: the keras.applications function name in snake case.
+        build: The keras.applications constructor.
+        family: The keras.applications submodule holding its ``preprocess_input``.
+        preprocessing: The mode that maps [0, 1] RGB to what the backbone expects.
+        native_size: The height and width it was trained at.
+        min_size: The smallest height and width the export accepts.
+        num_features: Width of the pooled last feature map.
+        num_classes: Classes of its own (ImageNet) classifier.
+        top_dropout: Dropout rate before its own classifier.
+        fixed_size: Whether it only works at ``native_size``.
+    """
+
+    name: str
+    build: Callable
+    family: str
+    preprocessing: str
+    native_size: int
+    min_size: int
+    num_features: int
+    num_classes: int = 1000
+    top_dropout: float = 0.0
+    fixed_size: bool = False
+
+    def __post_init__(self):
+        preprocessing.check_mode(self.preprocessing)
+        if not 0 < self.min_size <= self.native_size:
+            raise ValueError(
+                f"Backbone {self.name!r}: need 0 < min_size <= native_size; "
+                f"received min_size={self.min_size}, native_size={self.native_size}."
+            )
+
+    @property
+    def source(self) -> str:
+        """Where the architecture comes from, e.g. ``keras.applications.ResNet50``."""
+        return f"keras.applications.{self.build.__name__}"
+
+
+_REGISTRY: dict[str, Backbone] = {}
+
+
+def register(backbone: Backbone) -> Backbone:
+    """Add ``backbone`` to the registry; a second backbone with the same name is an error."""
+    if backbone.name in _REGISTRY:
+        raise ValueError(f"Backbone {backbone.name!r} is already registered.")
+    _REGISTRY[backbone.name] = backbone
+    return backbone
+
+
+def get(name: str) -> Backbone:
+    """Return the fact sheet registered as ``name``.
+
+    Raises:
+        ExportError: If no backbone has that name; the message lists the known ones.
+    """
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ExportError(f"Unknown backbone {name!r}; known: {', '.join(names())}.") from None
+
+
+def names() -> list[str]:
+    """Return the registered names, sorted."""
+    return sorted(_REGISTRY)

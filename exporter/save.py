@@ -1,0 +1,240 @@
+"""Write a module as a SavedModel: atomically, verified, and never half-written.
+
+The export is written into a hidden temporary sibling of the destination, reloaded and
+compared with the in-memory module there, and only then moved into place with a rename.
+A failure or Ctrl-C removes the temporary directory; after a hard kill it stays hidden
+beside the destination and the next export to the same destination removes it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from exporter import spec
+from exporter.errors import ExportError
+from exporter.module import ImageModule
+from exporter.progress import stage
+
+LABELS_FILE = "labels.txt"
+_TMP_TAG = "exporter-tmp"
+_OLD_TAG = "exporter-old"
+# SPEC.md, "Publishing layout": names that a .tar.gz for model hubs can carry.
+VALID_NAME = re.compile(r"^[A-Za-z0-9_]")
+_VERIFY_RTOL = 1e-4
+
+
+def check_destination(out: str | os.PathLike, overwrite: bool) -> Path:
+    """Return ``out`` as an absolute path, or raise if writing there would lose data.
+
+    An empty directory may be replaced. A non-empty one needs ``overwrite``, and even then
+    only a SavedModel is replaced, never an arbitrary directory.
+    """
+    out = Path(out).expanduser().absolute()
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"Expected --out to be a directory path. Received a file: {out}.")
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise ExportError(
+                f"Output directory {out} exists and is not empty; pass --overwrite to replace it."
+            )
+        if not (out / spec.SAVED_MODEL_FILE).is_file():
+            raise ExportError(
+                f"Refusing to replace {out}: it is not a SavedModel (no saved_model.pb). "
+                "Choose another --out, or remove it yourself."
+            )
+    return out
+
+
+def save(module: ImageModule, out: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    """Save ``module`` as a SavedModel at ``out``, verified, or leave ``out`` untouched.
+
+    Args:
+        module: The module to export.
+        out: The SavedModel directory to create (or replace, see ``overwrite``).
+        overwrite: Replace an existing SavedModel at ``out``.
+
+    Returns:
+        The absolute path of the export.
+
+    Raises:
+        ExportError: If ``out`` cannot be written, or the written export fails verification.
+
+    Example:
+        >>> save(build_feature_vector("mobilenet_v2", weights=None), "/tmp/mobilenet_v2")
+        PosixPath('/tmp/mobilenet_v2')
+    """
+    out = check_destination(out, overwrite)
+    created = _make_parents(out.parent)
+    tmp = None
+    try:
+        _sweep_leftovers(out)
+        tmp = Path(
+            tempfile.mkdtemp(prefix=f".{out.name}.{_TMP_TAG}-{os.getpid()}-", dir=out.parent)
+        )
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp's 0700 would otherwise reach `out`.
+        with stage("trace"):
+            module.trace()
+        with stage("save"):
+            _write(module, tmp)
+        with stage("verify"):
+            verify(tmp, module)
+        _move_into_place(tmp, out)
+    except BaseException:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        for directory in created:
+            with contextlib.suppress(OSError):
+                directory.rmdir()
+        raise
+    return out
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _make_parents(parent: Path) -> list[Path]:
+    missing = []
+    while not parent.exists():
+        missing.append(parent)
+        parent = parent.parent
+    for directory in reversed(missing):
+        directory.mkdir()
+    return missing  # Deepest first, the order to remove them in.
+
+
+def _write(module: ImageModule, directory: Path) -> None:
+    labels = getattr(module, "labels", None)
+    with tempfile.TemporaryDirectory() as scratch:
+        if labels:
+            path = Path(scratch, LABELS_FILE)
+            path.write_text("".join(f"{label}\n" for label in labels), encoding="utf-8")
+            module.labels_file = tf.saved_model.Asset(str(path))
+        try:
+            tf.saved_model.save(
+                module,
+                str(directory),
+                signatures={"serving_default": module.serve.get_concrete_function()},
+            )
+        finally:
+            if labels:
+                del module.labels_file
+
+
+def verify(directory: Path, module: ImageModule) -> None:
+    """Reload ``directory`` and check it against ``module``; raise ExportError if it differs.
+
+    Calls both training modes on the reloaded copy (so the in-memory module's batch-norm
+    statistics are never touched) and compares inference, through ``__call__`` and
+    ``serving_default``, with the in-memory module on random images.
+    """
+    problems = _layout_problems(directory)
+    loaded = tf.saved_model.load(str(directory))
+    size = module.fixed_size or max(module.min_size, 64)
+    images = tf.constant(np.random.default_rng(0).random((2, size, size, 3), np.float32))
+    expected = module(images, training=False).numpy()
+    outputs = {
+        "__call__(training=False)": loaded(images, training=False),
+        "serving_default": loaded.signatures["serving_default"](images=images)[module.output_name],
+    }
+    for name, output in outputs.items():
+        if output.dtype != tf.float32 or output.shape != expected.shape:
+            problems.append(
+                f"{name} gave {output.dtype.name} {output.shape}, expected float32 {expected.shape}"
+            )
+        elif not _close(output.numpy(), expected):
+            problems.append(f"{name} differs from the in-memory model")
+    trained = loaded(images, training=True)
+    if trained.shape != expected.shape or not np.all(np.isfinite(trained.numpy())):
+        problems.append(f"__call__(training=True) gave {trained.dtype.name} {trained.shape}")
+    if len(loaded.variables) != len(module.variables):
+        problems.append(
+            f"{len(loaded.variables)} variables saved, {len(module.variables)} expected"
+        )
+    if problems:
+        raise ExportError(f"The export failed verification: {'; '.join(problems)}.")
+
+
+def _close(actual: np.ndarray, expected: np.ndarray) -> bool:
+    scale = max(float(np.max(np.abs(expected))), 1e-6)
+    return bool(np.all(np.abs(actual - expected) <= _VERIFY_RTOL * scale))
+
+
+def _layout_problems(directory: Path) -> list[str]:
+    problems = []
+    for path in sorted(directory.rglob("*")):
+        if not VALID_NAME.match(path.name):
+            problems.append(
+                f"{path.relative_to(directory)} does not start with a letter, digit or underscore"
+            )
+    if (directory / "tfhub_module.pb").exists():
+        problems.append("tfhub_module.pb marks the deprecated TF1 Hub format")
+    if not (directory / spec.SAVED_MODEL_FILE).is_file():
+        problems.append(f"no {spec.SAVED_MODEL_FILE}")
+    return problems
+
+
+def _move_into_place(tmp: Path, out: Path) -> None:
+    if not out.exists():
+        os.rename(tmp, out)
+        return
+    # Replacing: swap atomically where the OS can, so `out` is never missing or partial.
+    if _exchange(tmp, out):
+        shutil.rmtree(tmp)  # Now holds the old content.
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.{_OLD_TAG}-{os.getpid()}-", dir=out.parent))
+    os.rename(out, old / "content")
+    os.rename(tmp, out)
+    shutil.rmtree(old)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically with Linux's renameat2(RENAME_EXCHANGE); False if unsupported."""
+    rename_exchange, at_fdcwd = 2, -100
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError):
+        return False
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):
+        return False
+    raise OSError(code, os.strerror(code), str(b))
+
+
+def _sweep_leftovers(out: Path) -> None:
+    """Remove what killed exports to ``out`` left behind, restoring a displaced original."""
+    for path in out.parent.iterdir():
+        match = re.fullmatch(
+            rf"\.{re.escape(out.name)}\.({_TMP_TAG}|{_OLD_TAG})-(\d+)-.*", path.name
+        )
+        if not match or _alive(int(match.group(2))):
+            continue
+        if match.group(1) == _OLD_TAG and not out.exists() and (path / "content").is_dir():
+            os.rename(path / "content", out)
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,84 @@
+"""The image API contract as data: what goes in, and how bad input is refused.
+
+Shared by the module that is exported and, later, by the conformance checker. See
+``SPEC.md`` ("Images in") for the contract itself.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+CHANNELS = 3
+IMAGE_DTYPE = tf.float32
+IMAGE_SPEC = tf.TensorSpec([None, None, None, CHANNELS], IMAGE_DTYPE, name="images")
+EXPECTED = "a float32 tensor [batch_size, height, width, 3] (NHWC, RGB, values in [0, 1])"
+
+SAVED_MODEL_FILE = "saved_model.pb"
+FEATURE_VECTOR_OUTPUT = "feature_vector"
+CLASSIFICATION_OUTPUT = "logits"
+
+
+class InvalidImagesError(ValueError):
+    """Images that do not keep the input contract."""
+
+
+def check_images(
+    images: tf.Tensor, *, min_size: int, fixed_size: int | None = None
+) -> list[tf.Operation]:
+    """Validate ``images`` against the contract.
+
+    Static facts (dtype, rank, channels, and sizes when known at trace time) raise
+    ``InvalidImagesError`` immediately. Sizes only known at run time are checked by graph
+    assertions, which are returned so the caller can make its computation depend on them.
+
+    Args:
+        images: The input tensor.
+        min_size: The smallest height and width the model accepts.
+        fixed_size: The one height and width the model accepts, if it is fixed-size.
+
+    Returns:
+        Assertion ops for the run-time size checks (empty when everything was static).
+    """
+    received = f"Received: dtype={images.dtype.name}, shape={images.shape}."
+    if images.dtype != IMAGE_DTYPE:
+        hint = " Convert with tf.image.convert_image_dtype(images, tf.float32)."
+        raise InvalidImagesError(f"Expected {EXPECTED}. {received}{hint}")
+    if images.shape.rank != 4:
+        hint = " Add a batch dimension with images[tf.newaxis]." if images.shape.rank == 3 else ""
+        raise InvalidImagesError(f"Expected {EXPECTED}. {received}{hint}")
+    channels = images.shape[-1]
+    if channels != CHANNELS:
+        if images.shape[1] == CHANNELS:
+            layout = " This looks like NCHW (channels first); transpose to NHWC."
+        else:
+            layout = f" Got {channels} channels; only RGB is accepted."
+        raise InvalidImagesError(f"Expected {EXPECTED}. {received}{layout}")
+    return _check_sizes(images, min_size=min_size, fixed_size=fixed_size)
+
+
+def size_requirement(min_size: int, fixed_size: int | None) -> str:
+    """Describe the admissible height and width in words."""
+    if fixed_size is not None:
+        return f"height and width of exactly {fixed_size}"
+    return f"height and width of at least {min_size}"
+
+
+def _check_sizes(images: tf.Tensor, *, min_size: int, fixed_size: int | None):
+    requirement = size_requirement(min_size, fixed_size)
+    height, width = images.shape[1], images.shape[2]
+    if height is not None and width is not None:
+        too_small = height < min_size or width < min_size
+        wrong = fixed_size is not None and (height, width) != (fixed_size, fixed_size)
+        if too_small or wrong:
+            raise InvalidImagesError(
+                f"Expected images with {requirement} pixels. "
+                f"Received: height={height}, width={width}."
+            )
+        return []
+    size = tf.shape(images)[1:3]
+    message = f"Expected images with {requirement} pixels. Received [height, width]:"
+    if fixed_size is not None:
+        check = tf.debugging.assert_equal(size, fixed_size, message=message, summarize=2)
+    else:
+        check = tf.debugging.assert_greater_equal(size, min_size, message=message, summarize=2)
+    return [check]

@@ -132,7 +132,9 @@ class ImageModule(tf.Module):
         """The wrapped Keras backbone (not saved as such: its variables are)."""
         return self._keras.backbone
 
-    @tf.function
+    # No autograph: every branch here is on static facts, and autograph would re-wrap the
+    # contract's InvalidImagesError raised at trace time into a StagingError.
+    @tf.function(autograph=False)
     def __call__(self, images, training=False):
         """Map float32 RGB images in [0, 1], [batch, height, width, 3], to the task's output.
 
@@ -150,7 +152,7 @@ class ImageModule(tf.Module):
         # would then fail inside the backbone before the size check could say what is wrong.
         return self._forward(images, training=training, forget_size=True)
 
-    @tf.function(input_signature=[spec.IMAGE_SPEC])
+    @tf.function(input_signature=[spec.IMAGE_SPEC], autograph=False)
     def serve(self, images):
         """The ``serving_default`` signature: inference only, one named output."""
         # Signatures run as traced, so the size check comes first without forgetting the

@@ -1,0 +1,126 @@
+"""Shared fixtures: small weight files made here, and a cache of exports per session."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zlib
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+import exporter  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+BACKBONES = exporter.list_backbones()
+
+
+def random_images(batch: int, size: int, seed: int = 0) -> np.ndarray:
+    """Float32 RGB images in [0, 1], the contract's input."""
+    return np.random.default_rng(seed).random((batch, size, size, 3), dtype=np.float32)
+
+
+def keras_reference(name: str, weights: Path, include_top: bool = False) -> keras.Model:
+    """The backbone as keras.applications builds it, with the given weights file."""
+    facts = exporter.get_backbone(name)
+    if include_top:
+        return facts.build(include_top=True, weights=weights, classifier_activation=None)
+    return facts.build(include_top=False, weights=weights, input_shape=(None, None, 3))
+
+
+def _randomize_batch_norm(model: keras.Model, rng: np.random.Generator) -> None:
+    # Fresh batch norm is the identity in inference; random statistics make parity tests
+    # sensitive to moving-average handling.
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            for variable, low, high in (
+                (layer.gamma, 0.5, 1.5),
+                (layer.beta, -0.1, 0.1),
+                (layer.moving_mean, -0.1, 0.1),
+                (layer.moving_variance, 0.5, 1.5),
+            ):
+                if variable is not None:
+                    variable.assign(rng.uniform(low, high, variable.shape).astype("float32"))
+
+
+@pytest.fixture(scope="session")
+def workdir():
+    """A session scratch directory, removed at the end (exports are hundreds of MB)."""
+    path = Path(tempfile.mkdtemp(prefix="exporter-tests-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def weights_file(workdir):
+    """Make (once) a random weights file for a backbone, with or without its classifier."""
+    cache = {}
+
+    def make(name: str, include_top: bool = False, suffix: str = ".weights.h5") -> Path:
+        key = (name, include_top, suffix)
+        if key not in cache:
+            keras.utils.set_random_seed(zlib.crc32(name.encode()))
+            facts = exporter.get_backbone(name)
+            if include_top:
+                model = facts.build(include_top=True, weights=None, classifier_activation=None)
+            else:
+                model = facts.build(include_top=False, weights=None, input_shape=(None, None, 3))
+            _randomize_batch_norm(model, np.random.default_rng(1))
+            path = workdir / f"{name}-{'top' if include_top else 'notop'}{suffix}"
+            if suffix == ".keras":
+                model.save(path)
+            else:
+                model.save_weights(path)
+            cache[key] = path
+        return cache[key]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def export(workdir, weights_file):
+    """Export (once per session) a backbone; ``weights='file'`` uses ``weights_file``."""
+    cache = {}
+
+    def run(task: str, name: str, weights: str = "file", **kwargs) -> Path:
+        key = (task, name, weights, repr(sorted(kwargs.items())))
+        if key not in cache:
+            own_head = task == "classification" and kwargs.get("num_classes") is None
+            source = weights_file(name, include_top=own_head) if weights == "file" else weights
+            out = workdir / "exports" / f"{task}-{name}-{weights}-{len(cache)}"
+            if task == "feature_vector":
+                cache[key] = exporter.export_feature_vector(name, out, weights=source, **kwargs)
+            else:
+                cache[key] = exporter.export_classifier(name, out, weights=source, **kwargs)
+        return cache[key]
+
+    return run
+
+
+def tree_state(root: Path) -> dict[str, tuple[int, int]]:
+    """Every path under ``root`` with its size and modification time."""
+    state = {}
+    for path in sorted(root.rglob("*")):
+        info = path.stat()
+        state[str(path.relative_to(root))] = (info.st_size, info.st_mtime_ns)
+    return state
+
+
+def run_cli(module: str, *flags: str, env: dict | None = None, timeout: int = 600):
+    """Run ``python -m exporter.<module>`` from the repository; return the finished process."""
+    environ = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", f"exporter.{module}", *flags],
+        cwd=REPO,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

@@ -1,0 +1,175 @@
+"""Exports keep the contract: shapes, parity with Keras, errors, size on disk."""
+
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import BACKBONES, keras_reference, random_images
+
+import exporter
+
+
+def _close(actual, expected, rtol=1e-4):
+    """Agreement to ``rtol`` relative to the output's scale."""
+    actual, expected = np.asarray(actual), np.asarray(expected)
+    assert actual.shape == expected.shape
+    scale = np.max(np.abs(expected))
+    assert scale > 0
+    np.testing.assert_allclose(actual, expected, rtol=rtol, atol=rtol * scale)
+
+
+def _preprocess_input(name, images):
+    family = getattr(keras.applications, exporter.get_backbone(name).family)
+    return family.preprocess_input(images.copy() * 255.0)
+
+
+@pytest.mark.parametrize("weights", ["none", "file"])
+@pytest.mark.parametrize("name", BACKBONES)
+def test_export_loads_and_keeps_shapes(export, name, weights):
+    facts = exporter.get_backbone(name)
+    obj = tf.saved_model.load(str(export("feature_vector", name, weights)))
+    for size in (facts.min_size, facts.min_size * 2 + 1):
+        for batch in (1, 3):
+            images = tf.constant(random_images(batch, size))
+            for training in (False, True):
+                out = obj(images, training=training)
+                assert out.dtype == tf.float32
+                assert out.shape == (batch, facts.num_features)
+    assert all(v.trainable for v in obj.trainable_variables)
+    assert {id(v) for v in obj.trainable_variables} <= {id(v) for v in obj.variables}
+    assert list(obj.regularization_losses) == []
+
+
+@pytest.mark.parametrize("name", BACKBONES)
+def test_feature_vector_matches_keras_preprocess_input(export, weights_file, name):
+    obj = tf.saved_model.load(str(export("feature_vector", name)))
+    reference = keras_reference(name, weights_file(name))
+    images = random_images(2, 75)
+    expected = np.mean(reference(_preprocess_input(name, images), training=False), axis=(1, 2))
+    _close(obj(tf.constant(images)), expected)
+    served = obj.signatures["serving_default"](images=tf.constant(images))
+    _close(served["feature_vector"], expected)
+
+
+def test_max_pooling(export, weights_file):
+    obj = tf.saved_model.load(str(export("feature_vector", "mobilenet_v2", pooling="max")))
+    reference = keras_reference("mobilenet_v2", weights_file("mobilenet_v2"))
+    images = random_images(2, 64)
+    expected = np.max(reference(_preprocess_input("mobilenet_v2", images)), axis=(1, 2))
+    _close(obj(tf.constant(images)), expected)
+
+
+@pytest.mark.parametrize("name", BACKBONES)
+def test_own_classifier_gives_the_keras_logits(export, weights_file, name):
+    facts = exporter.get_backbone(name)
+    obj = tf.saved_model.load(str(export("classification", name)))
+    reference = keras_reference(name, weights_file(name, include_top=True), include_top=True)
+    images = random_images(2, facts.native_size)
+    expected = reference(_preprocess_input(name, images), training=False)
+    logits = obj(tf.constant(images))
+    _close(logits, expected)
+    # Logits, not probabilities: softmax of ours is what the Keras default head outputs.
+    assert not np.allclose(np.sum(logits, axis=-1), 1.0)
+    assert logits.shape == (2, facts.num_classes)
+    # Any size in range works, although Keras builds this head at native size only.
+    assert obj(tf.constant(random_images(1, facts.min_size))).shape == (1, facts.num_classes)
+
+
+def test_classifier_from_a_keras_file(workdir, weights_file):
+    source = weights_file("mobilenet_v2", include_top=True, suffix=".keras")
+    out = exporter.export_classifier("mobilenet_v2", workdir / "from-keras-file", weights=source)
+    reference = keras_reference("mobilenet_v2", source, include_top=True)
+    images = random_images(1, 224)
+    expected = reference(_preprocess_input("mobilenet_v2", images))
+    _close(tf.saved_model.load(str(out))(tf.constant(images)), expected)
+
+
+LABELS = [f"class_{i}" for i in range(5)]
+
+
+def test_new_head_with_labels(export):
+    path = export("classification", "efficientnet_b0", "none", num_classes=5, labels=LABELS)
+    obj = tf.saved_model.load(str(path))
+    images = tf.constant(random_images(3, 40))
+    assert obj(images).shape == (3, 5)
+    assert obj(images, training=True).shape == (3, 5)
+    assert obj.signatures["serving_default"](images=images)["logits"].shape == (3, 5)
+    shipped = Path(obj.labels_file.asset_path.numpy().decode())
+    assert shipped.parent == Path(path) / "assets"
+    assert shipped.read_text().splitlines() == LABELS
+
+
+def test_classifier_dropout_is_active_only_in_training(export):
+    # efficientnet_b0's own top dropout (0.2) sits before the logits.
+    path = export("classification", "efficientnet_b0", "none", num_classes=5, labels=LABELS)
+    obj = tf.saved_model.load(str(path))
+    images = tf.constant(random_images(2, 32))
+    np.testing.assert_array_equal(obj(images), obj(images))
+    assert not np.allclose(obj(images, training=True), obj(images, training=True))
+
+
+BAD_INPUTS = {
+    "NCHW": (tf.zeros([1, 3, 64, 64]), "NCHW"),
+    "1 channel": (tf.zeros([1, 64, 64, 1]), "1 channels"),
+    "4 channels": (tf.zeros([1, 64, 64, 4]), "4 channels"),
+    "uint8": (tf.zeros([1, 64, 64, 3], tf.uint8), "dtype=uint8"),
+    "float64": (tf.zeros([1, 64, 64, 3], tf.float64), "dtype=float64"),
+    "rank 3": (tf.zeros([64, 64, 3]), r"shape=\(64, 64, 3\)"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_input_is_refused_in_memory(case):
+    images, received = BAD_INPUTS[case]
+    module = exporter.build_feature_vector("mobilenet_v2", weights=None)
+    with pytest.raises(
+        exporter.InvalidImagesError, match=r"Expected a float32 tensor \[batch"
+    ) as e:
+        module(images)
+    assert e.match(received)
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_input_is_refused_by_the_export(export, case):
+    images, _ = BAD_INPUTS[case]
+    obj = tf.saved_model.load(str(export("feature_vector", "mobilenet_v2", "none")))
+    # TF's own signature matching refuses these; its message shows both sides.
+    with pytest.raises(ValueError, match="Could not find matching concrete function") as e:
+        obj(images)
+    assert e.match(r"TensorSpec\(shape=\(None, None, None, 3\), dtype=tf.float32")
+    assert e.match(
+        rf"shape={tuple(images.shape)} dtype={images.dtype.name}".replace("(", r"\(").replace(
+            ")", r"\)"
+        )
+    )
+
+
+@pytest.mark.parametrize("name", BACKBONES)
+def test_too_small_images_are_refused_by_the_export(export, name):
+    facts = exporter.get_backbone(name)
+    obj = tf.saved_model.load(str(export("feature_vector", name, "none")))
+    small = facts.min_size - 1
+    message = rf"at least {facts.min_size} pixels. Received \[height, width\]:.*{small}"
+    for call in (obj, lambda x: obj.signatures["serving_default"](images=x)):
+        with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+            call(tf.zeros([1, small, facts.min_size * 2, 3]))
+
+
+def test_training_must_be_a_python_bool():
+    module = exporter.build_feature_vector("mobilenet_v2", weights=None)
+    with pytest.raises(TypeError, match="Python bool"):
+        module(tf.zeros([1, 32, 32, 3]), training=tf.constant(True))
+
+
+@pytest.mark.parametrize("name", BACKBONES)
+def test_each_variable_is_stored_once(export, weights_file, name):
+    path = Path(export("feature_vector", name))
+    on_disk = sum(f.stat().st_size for f in (path / "variables").iterdir())
+    model = keras_reference(name, weights_file(name))
+    weight_bytes = sum(int(np.prod(w.shape)) * np.dtype(w.dtype).itemsize for w in model.weights)
+    assert on_disk <= 1.02 * weight_bytes, (on_disk, weight_bytes)
+    assert not (path / "tfhub_module.pb").exists()
+    for item in path.rglob("*"):
+        assert item.name[0].isalnum() or item.name[0] == "_", item

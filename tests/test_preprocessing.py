@@ -1,0 +1,40 @@
+"""Each preprocessing mode equals keras.applications' own preprocess_input(images * 255)."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import random_images
+
+from exporter import preprocessing
+
+# One keras.applications family per mode, the convention each mode reproduces.
+REFERENCES = {
+    "caffe": keras.applications.resnet50.preprocess_input,
+    "tf": keras.applications.mobilenet_v2.preprocess_input,
+    "torch": keras.applications.densenet.preprocess_input,
+    "raw255": keras.applications.efficientnet.preprocess_input,
+}
+
+
+@pytest.mark.parametrize("mode", sorted(REFERENCES))
+def test_mode_matches_keras_preprocess_input(mode):
+    images = random_images(2, 8)
+    expected = REFERENCES[mode](images.copy() * 255.0)
+    actual = preprocessing.preprocess(tf.constant(images), mode).numpy()
+    np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-4)
+
+
+def test_identity_passes_through():
+    images = random_images(1, 4)
+    np.testing.assert_array_equal(preprocessing.preprocess(tf.constant(images), "identity"), images)
+
+
+def test_every_mode_is_covered():
+    assert set(preprocessing.MODES) == set(REFERENCES) | {"identity"}
+    assert set(preprocessing.DESCRIPTIONS) == set(preprocessing.MODES)
+
+
+def test_unknown_mode_lists_known_ones():
+    with pytest.raises(ValueError, match=r"Unknown preprocessing mode 'bgr'; known: caffe, "):
+        preprocessing.preprocess(tf.zeros([1, 2, 2, 3]), "bgr")

@@ -1,0 +1,59 @@
+"""The registry is strict, and every fact sheet matches the real model."""
+
+import keras
+import pytest
+import tensorflow as tf
+from conftest import BACKBONES
+
+import exporter
+from exporter import registry
+
+
+def test_list_backbones_is_sorted_and_has_the_core_three():
+    names = exporter.list_backbones()
+    assert names == sorted(names)
+    assert {"resnet50", "mobilenet_v2", "efficientnet_b0"} <= set(names)
+
+
+def test_unknown_name_lists_known_ones():
+    with pytest.raises(
+        exporter.ExportError, match=r"Unknown backbone 'resnet5'; known: .*resnet50"
+    ):
+        exporter.get_backbone("resnet5")
+
+
+def test_duplicate_registration_is_refused():
+    facts = exporter.get_backbone("resnet50")
+    with pytest.raises(ValueError, match="already registered"):
+        registry.register(facts)
+
+
+def test_fact_sheet_rejects_impossible_sizes():
+    with pytest.raises(ValueError, match="min_size"):
+        exporter.Backbone(
+            name="x", build=keras.applications.ResNet50, family="resnet",
+            preprocessing="caffe", native_size=32, min_size=64, num_features=1,
+        )  # fmt: skip
+
+
+@pytest.mark.parametrize("name", BACKBONES)
+def test_facts_match_the_real_model(name):
+    facts = exporter.get_backbone(name)
+    model = facts.build(include_top=False, weights=None, input_shape=(None, None, 3))
+    run = tf.function(lambda x: model(x, training=False))
+    # Graph mode, as exports run: eager calls can silently compute on too-small maps.
+    features = run(tf.zeros([1, facts.min_size, facts.min_size, 3]))
+    assert features.shape[-1] == facts.num_features
+    assert facts.source == f"keras.applications.{facts.build.__name__}"
+    assert hasattr(getattr(keras.applications, facts.family), "preprocess_input")
+
+
+@pytest.mark.parametrize("name", BACKBONES)
+def test_minimum_size_works_and_one_less_fails_clearly(name):
+    facts = exporter.get_backbone(name)
+    module = exporter.build_feature_vector(name, weights=None)
+    ok = module(tf.zeros([1, facts.min_size, facts.min_size, 3]))
+    assert ok.shape == (1, facts.num_features)
+    small = facts.min_size - 1
+    with pytest.raises(exporter.InvalidImagesError, match=rf"at least {facts.min_size}\b"):
+        module(tf.zeros([1, small, facts.min_size, 3]))

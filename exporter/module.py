@@ -170,13 +170,16 @@ class ImageModule(tf.Module):
             else:
                 images = tf.identity(images)
         inputs = preprocess(images, self.preprocessing)
-        features = self._keras.backbone(inputs, training=training)
+        # Our own scope first: a Keras name like "_my_model" is invalid as a root scope.
+        with tf.name_scope("backbone"):
+            features = self._keras.backbone(inputs, training=training)
         if features.shape.rank == 4:
             reduce = tf.reduce_mean if self.pooling == "avg" else tf.reduce_max
             features = reduce(features, axis=[1, 2])
         outputs = tf.cast(features, tf.float32)
         if self._keras.head is not None:
-            outputs = tf.cast(self._keras.head(outputs, training=training), tf.float32)
+            with tf.name_scope("head"):
+                outputs = tf.cast(self._keras.head(outputs, training=training), tf.float32)
         return outputs
 
     def trace(self) -> None:

@@ -1,0 +1,119 @@
+"""The CLIs: a working export, and every failure as one line, no traceback, no change on disk."""
+
+from pathlib import Path
+
+import pytest
+import tensorflow as tf
+from conftest import run_cli, tree_state
+
+# A closed local port as proxy makes Keras' real ImageNet download fail fast, online or not.
+NO_NETWORK = {"HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9",
+              "NO_PROXY": "", "KERAS_HOME": "{tmp}/keras-home"}  # fmt: skip
+
+
+def test_feature_vector_cli_exports_and_logs_each_stage(tmp_path):
+    out = tmp_path / "nested" / "mobilenet_v2"
+    done = run_cli("feature_vector", "--backbone=mobilenet_v2", "--weights=none", f"--out={out}")
+    assert done.returncode == 0, done.stderr
+    for stage in ("build mobilenet_v2", "trace", "save", "verify"):
+        assert f"{stage} done in" in done.stderr
+    obj = tf.saved_model.load(str(out))
+    assert obj(tf.zeros([2, 32, 32, 3])).shape == (2, 1280)
+    assert sorted(p.name for p in out.parent.iterdir()) == ["mobilenet_v2"]
+
+
+def test_classification_cli_with_labels_and_weights_file(tmp_path, weights_file):
+    labels = tmp_path / "labels.txt"
+    labels.write_text("cat\ndog\nbird\n")
+    out = tmp_path / "classifier"
+    done = run_cli(
+        "classification", "--backbone=mobilenet_v2", f"--weights={weights_file('mobilenet_v2')}",
+        "--num_classes=3", f"--labels={labels}", f"--out={out}",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "load weights from" in done.stderr
+    assert (out / "assets" / "labels.txt").read_text().splitlines() == ["cat", "dog", "bird"]
+    assert tf.saved_model.load(str(out))(tf.zeros([1, 32, 32, 3])).shape == (1, 3)
+
+
+def test_list_backbones_flag():
+    done = run_cli("feature_vector", "--list_backbones")
+    assert done.returncode == 0, done.stderr
+    assert "| resnet50 | 224 | 32 | 2048 | caffe |" in done.stdout
+
+
+def _failure_cases(tmp_path: Path, weights_file) -> dict:
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    (existing / "notes.txt").write_text("keep me")
+    wrong = weights_file("mobilenet_v2")
+    out = f"--out={tmp_path / 'out'}"
+    return {
+        "bad flag": (["--backbone=resnet50", out, "--pooling=mean"], "pooling"),
+        "unknown flag": (["--backbone=resnet50", out, "--colour=red"], "colour"),
+        "unknown backbone": (["--backbone=resnet5", out, "--weights=none"],
+                             "Unknown backbone 'resnet5'; known: efficientnet_b0"),
+        "missing weights": (["--backbone=resnet50", out, f"--weights={tmp_path}/no.weights.h5"],
+                            "Weights file not found"),
+        "weights of another architecture": (["--backbone=resnet50", out, f"--weights={wrong}"],
+                                            "does not fit resnet50"),
+        "weights of unknown format": (["--backbone=resnet50", out, "--weights=model.pt"],
+                                      "Expected weights to be 'imagenet' (Keras' own download"),
+        "non-empty out": (["--backbone=mobilenet_v2", "--weights=none", f"--out={existing}"],
+                          "exists and is not empty; pass --overwrite"),
+        "overwrite a non-SavedModel": (["--backbone=mobilenet_v2", "--weights=none",
+                                        f"--out={existing}", "--overwrite"],
+                                       "not a SavedModel"),
+        "missing --out": (["--backbone=mobilenet_v2"], "--out required"),
+        "imagenet unreachable": (["--backbone=mobilenet_v2", out],
+                                 "Could not fetch the ImageNet weights of mobilenet_v2"),
+    }  # fmt: skip
+
+
+CASES = [
+    "bad flag", "unknown flag", "unknown backbone", "missing weights",
+    "weights of another architecture", "weights of unknown format", "non-empty out",
+    "overwrite a non-SavedModel", "missing --out", "imagenet unreachable",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_cli_failure_is_one_line_and_changes_nothing(tmp_path, weights_file, case):
+    flags, message = _failure_cases(tmp_path, weights_file)[case]
+    env = {k: v.format(tmp=tmp_path) for k, v in NO_NETWORK.items()}
+    before = tree_state(tmp_path)
+    done = run_cli("feature_vector", *flags, env=env)
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert message in done.stderr, done.stderr[-2000:]
+    if case not in ("bad flag", "unknown flag"):  # absl's own parser adds a hint line.
+        assert last.startswith("error: ") and message in last, last
+    after = tree_state(tmp_path)
+    after = {k: v for k, v in after.items() if not k.startswith("keras-home")}
+    assert after == before
+
+
+def test_classification_cli_refuses_wrong_label_count(tmp_path):
+    labels = tmp_path / "labels.txt"
+    labels.write_text("cat\ndog\n")
+    before = tree_state(tmp_path)
+    done = run_cli(
+        "classification", "--backbone=mobilenet_v2", "--weights=none", "--num_classes=3",
+        f"--labels={labels}", f"--out={tmp_path / 'out'}",
+    )  # fmt: skip
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert "Expected one label per class (3 for mobilenet_v2). Received 2 labels." in done.stderr
+    assert tree_state(tmp_path) == before
+
+
+def test_classification_cli_refuses_headless_weights_for_own_classifier(tmp_path, weights_file):
+    before = tree_state(tmp_path)
+    done = run_cli(
+        "classification", "--backbone=mobilenet_v2",
+        f"--weights={weights_file('mobilenet_v2')}", f"--out={tmp_path / 'out'}",
+    )  # fmt: skip
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert "does not fit mobilenet_v2" in last and "include_top=True" in last
+    assert tree_state(tmp_path) == before

@@ -1,0 +1,150 @@
+"""Saving is atomic and verified: failures and kills leave nothing half-written."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import REPO, random_images, tree_state
+
+import exporter
+
+
+def _start_export(out, *flags):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    command = [sys.executable, "-m", "exporter.feature_vector", f"--out={out}", *flags]
+    return subprocess.Popen(command, cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for(process, marker: str, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    for line in process.stderr:
+        if marker in line:
+            return
+        assert time.monotonic() < deadline, f"no {marker!r} within {timeout} s"
+    raise AssertionError(f"export ended before {marker!r}")
+
+
+@pytest.fixture
+def existing_export(tmp_path):
+    out = tmp_path / "model"
+    exporter.export_feature_vector("mobilenet_v2", out, weights=None)
+    return out
+
+
+@pytest.mark.parametrize(
+    "signum, stage",
+    [(signal.SIGINT, "save ..."), (signal.SIGTERM, "save ..."), (signal.SIGKILL, "verify ...")],
+)
+def test_killed_export_leaves_existing_export_intact(existing_export, signum, stage):
+    parent = existing_export.parent
+    before = tree_state(parent)
+    process = _start_export(existing_export, "--backbone=resnet50", "--weights=none", "--overwrite")
+    _wait_for(process, stage)
+    time.sleep(0.2)
+    process.send_signal(signum)
+    rest = process.stderr.read()
+    assert process.wait(timeout=120) != 0
+    after = tree_state(parent)
+    assert {k: v for k, v in after.items() if not k.startswith(".")} == before
+    obj = tf.saved_model.load(str(existing_export))
+    assert obj(tf.zeros([1, 32, 32, 3])).shape == (1, 1280)  # Still the old MobileNetV2.
+    if signum == signal.SIGKILL:
+        # Only a hidden temporary sibling can remain; the next export there removes it.
+        exporter.export_feature_vector("mobilenet_v2", existing_export, weights=None,
+                                       overwrite=True)  # fmt: skip
+        assert sorted(p.name for p in parent.iterdir()) == ["model"]
+    else:
+        assert "Traceback" not in rest
+        assert rest.strip().splitlines()[-1].startswith("error: interrupted")
+        assert after == before
+
+
+def test_killed_first_export_leaves_no_output(tmp_path):
+    out = tmp_path / "new"
+    process = _start_export(out, "--backbone=mobilenet_v2", "--weights=none")
+    _wait_for(process, "save ...")
+    process.send_signal(signal.SIGTERM)
+    process.stderr.read()
+    assert process.wait(timeout=120) != 0
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_overwrite_replaces_a_saved_model(existing_export):
+    exporter.export_feature_vector("resnet50", existing_export, weights=None, overwrite=True)
+    obj = tf.saved_model.load(str(existing_export))
+    assert obj(tf.zeros([1, 32, 32, 3])).shape == (1, 2048)
+    assert sorted(p.name for p in existing_export.parent.iterdir()) == ["model"]
+    assert oct(existing_export.stat().st_mode & 0o777) == oct(0o777 & ~_umask())
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+class _NoisyModel(keras.Model):
+    """Adds fresh noise even in inference: an export that cannot match its source."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = keras.layers.Conv2D(4, 3)
+        self.seed = keras.random.SeedGenerator(1)
+
+    def call(self, x, training=False):
+        y = self.conv(x)
+        return y + keras.random.normal(keras.ops.shape(y), seed=self.seed)
+
+
+def test_failed_verification_leaves_nothing(tmp_path):
+    module = exporter.FeatureVectorModule(_NoisyModel(), preprocessing="identity", min_size=8)
+    out = tmp_path / "a" / "b" / "model"
+    with pytest.raises(exporter.ExportError, match="differs from the in-memory model"):
+        exporter.save(module, out)
+    assert list(tmp_path.iterdir()) == []  # Created parents are removed too.
+
+
+def _functional():
+    inputs = keras.Input((None, None, 3))
+    x = keras.layers.Conv2D(8, 3, strides=2)(inputs)
+    x = keras.layers.BatchNormalization()(x)
+    return keras.Model(inputs, keras.layers.ReLU()(x))
+
+
+def _sequential():
+    return keras.Sequential(
+        [keras.Input((None, None, 3)), keras.layers.Conv2D(8, 3), keras.layers.Dropout(0.5),
+         keras.layers.GlobalAveragePooling2D()]
+    )  # fmt: skip
+
+
+class _Subclassed(keras.Model):
+    def __init__(self):
+        super().__init__()
+        self.conv = keras.layers.Conv2D(6, 3, kernel_regularizer=keras.regularizers.L2(0.01))
+        self.norm = keras.layers.BatchNormalization()
+
+    def call(self, x, training=False):
+        return self.norm(self.conv(x), training=training)
+
+
+@pytest.mark.parametrize("make", [_functional, _sequential, _Subclassed], ids=lambda f: f.__name__)
+def test_users_own_keras3_model(tmp_path, make):
+    model = make()
+    module = exporter.FeatureVectorModule(model, preprocessing="torch", min_size=16)
+    out = exporter.save(module, tmp_path / "model")
+    obj = tf.saved_model.load(str(out))
+    images = tf.constant(random_images(2, 20))
+    np.testing.assert_allclose(obj(images), module(images), rtol=1e-5, atol=1e-6)
+    assert obj(images, training=True).shape == (2, module.num_features)
+    assert len(obj.variables) == len(model.variables)
+    penalties = [float(loss()) for loss in obj.regularization_losses]
+    regularized = [w for w in model.weights if getattr(w, "regularizer", None)]
+    expected = [0.01 * float(np.sum(np.square(w.numpy()))) for w in regularized]
+    np.testing.assert_allclose(penalties, expected, rtol=1e-5)

@@ -74,8 +74,14 @@ def load_weights_file(model: keras.Model, path: Path, architecture: str, hint: s
         ) from error
 
 
-def load_backbone(backbone: registry.Backbone, weights) -> keras.Model:
-    """Build ``backbone`` without its classifier, at any input size, with ``weights``."""
+def load_backbone(backbone: str | registry.Backbone, weights="imagenet") -> keras.Model:
+    """Build ``backbone`` without its classifier, at any input size, with ``weights``.
+
+    Example:
+        >>> model = load_backbone("mobilenet_v2", weights="none")  # For training in Keras.
+    """
+    if isinstance(backbone, str):
+        backbone = registry.get(backbone)
     size = backbone.native_size if backbone.fixed_size else None
     weights = resolve_weights(weights)
     with stage(f"build {backbone.name}{_weights_note(weights)}"):

@@ -1,0 +1,64 @@
+"""The recipes run end to end on a tiny image folder made here."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import REPO
+
+CLASSES = ("cat", "dog")
+
+
+@pytest.fixture
+def image_folder(tmp_path):
+    rng = np.random.default_rng(0)
+    for index, name in enumerate(CLASSES):
+        (tmp_path / "data" / name).mkdir(parents=True)
+        for i in range(6):
+            pixels = rng.integers(0, 128, (48, 48, 3), dtype=np.uint8) + 100 * index
+            png = tf.io.encode_png(tf.constant(pixels.astype(np.uint8)))
+            tf.io.write_file(str(tmp_path / "data" / name / f"{i}.png"), png)
+    return tmp_path / "data"
+
+
+def test_finetune_and_export_recipe(image_folder, tmp_path):
+    out = tmp_path / "exports"
+    command = [
+        sys.executable, "recipes/finetune_and_export.py", f"--data_dir={image_folder}",
+        f"--out_dir={out}", "--backbone=mobilenet_v2", "--weights=none", "--image_size=48",
+        "--epochs=2", "--batch_size=4",
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Epoch 2/2" in done.stdout + done.stderr
+    classifier = tf.saved_model.load(str(out / "classifier"))
+    feature_vector = tf.saved_model.load(str(out / "feature_vector"))
+    images = tf.random.uniform([3, 48, 48, 3])
+    assert classifier(images).shape == (3, len(CLASSES))
+    assert feature_vector(images).shape == (3, 1280)
+    labels = Path(classifier.labels_file.asset_path.numpy().decode())
+    assert labels.read_text().splitlines() == list(CLASSES)
+
+
+def test_export_reproduces_the_finetuned_keras_model(image_folder, tmp_path):
+    sys.path.insert(0, str(REPO / "recipes"))
+    try:
+        import finetune_and_export as recipe
+    finally:
+        sys.path.remove(str(REPO / "recipes"))
+    model, body, head, names = recipe.finetune(
+        image_folder, backbone="efficientnet_b0", weights="none", image_size=48,
+        epochs=1, batch_size=4,
+    )  # fmt: skip
+    paths = recipe.export(body, head, names, tmp_path / "out", backbone="efficientnet_b0")
+    classifier = tf.saved_model.load(str(paths[1]))
+    pixels = np.random.default_rng(1).integers(0, 256, (2, 48, 48, 3)).astype(np.float32)
+    expected = model(pixels, training=False)
+    actual = classifier(tf.constant(pixels / 255.0))
+    scale = float(np.max(np.abs(expected)))
+    np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-4 * scale)

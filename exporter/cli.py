@@ -28,28 +28,21 @@ LIST_BACKBONES = flags.DEFINE_bool(
 )
 
 
-def backbone_table() -> str:
-    """Return the registered backbones as a Markdown table."""
-    rows = [
-        "| backbone | native size | min size | num_features | preprocessing |",
-        "|---|---|---|---|---|",
-    ]
-    for name in registry.names():
-        b = registry.get(name)
-        size = f"{b.native_size} (fixed)" if b.fixed_size else str(b.native_size)
-        rows.append(f"| {name} | {size} | {b.min_size} | {b.num_features} | {b.preprocessing} |")
-    return "\n".join(rows)
+_interrupted = []
 
 
-def _terminate(signum, frame):
-    # Turn SIGTERM into the same clean unwinding as Ctrl-C, so no partial output remains.
+def _interrupt(signum, frame):
+    # SIGINT and SIGTERM unwind like Ctrl-C, so the export cleans up after itself. The
+    # interrupt can land inside a C extension's callback, which then fails with another
+    # exception type (seen: SystemError); the record says it was an interrupt all the same.
+    _interrupted.append(signum)
     raise KeyboardInterrupt(f"signal {signum}")
 
 
 def run(export: Callable[[], Path]) -> None:
     """Run one export; print one line and exit non-zero on any user-facing failure."""
     if LIST_BACKBONES.value:
-        print(backbone_table())
+        print(registry.table())
         return
     missing = [f"--{flag.name}" for flag in (BACKBONE, OUT) if not flag.value]
     if missing:
@@ -58,14 +51,17 @@ def run(export: Callable[[], Path]) -> None:
         path = export()
     except ExportError as error:
         sys.exit(f"error: {error}")
-    except KeyboardInterrupt:
+    except BaseException:
+        if not _interrupted:
+            raise
         sys.exit("error: interrupted; the output directory was left as it was.")
     logging.info("exported to %s", path)
 
 
 def start(main: Callable[[list[str]], None]) -> None:
-    """Run ``main`` under absl with SIGTERM handled like Ctrl-C."""
-    signal.signal(signal.SIGTERM, _terminate)
+    """Run ``main`` under absl with SIGINT and SIGTERM unwinding cleanly."""
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _interrupt)
     # TensorFlow's own INFO lines (e.g. one per captured variable name) drown the stages.
     std_logging.getLogger("tensorflow").setLevel(std_logging.WARNING)
     app.run(main)

@@ -77,3 +77,16 @@ def get(name: str) -> Backbone:
 def names() -> list[str]:
     """Return the registered names, sorted."""
     return sorted(_REGISTRY)
+
+
+def table() -> str:
+    """Return the registered backbones as a Markdown table (the README has the same one)."""
+    rows = [
+        "| backbone | native size | min size | num_features | preprocessing |",
+        "|---|---|---|---|---|",
+    ]
+    for name in names():
+        b = _REGISTRY[name]
+        size = f"{b.native_size} (fixed)" if b.fixed_size else str(b.native_size)
+        rows.append(f"| {name} | {size} | {b.min_size} | {b.num_features} | {b.preprocessing} |")
+    return "\n".join(rows)

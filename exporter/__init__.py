@@ -6,7 +6,7 @@ Example:
 """
 
 from exporter import backbones as _backbones
-from exporter.build import build_classifier, build_feature_vector, load_backbone
+from exporter.build import build_classifier, build_feature_vector, imagenet_labels, load_backbone
 from exporter.errors import ExportError
 from exporter.export import export_classifier, export_feature_vector, read_labels
 from exporter.module import ClassifierModule, FeatureVectorModule, ImageModule
@@ -30,6 +30,7 @@ __all__ = [
     "export_classifier",
     "export_feature_vector",
     "get_backbone",
+    "imagenet_labels",
     "list_backbones",
     "load_backbone",
     "read_labels",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from importlib import resources
 from pathlib import Path
 
 import keras
@@ -131,6 +132,16 @@ def _is_global_pool(layer) -> bool:
     return isinstance(layer, (keras.layers.GlobalAveragePooling2D, keras.layers.GlobalMaxPooling2D))
 
 
+def imagenet_labels() -> list[str]:
+    """Return the 1000 ImageNet-1k class names, in keras.applications' class index order.
+
+    Shipped as package data (they cannot be downloaded at export time); the names are those
+    torchvision 0.29.1 lists in ``torchvision/models/_meta.py`` (``_IMAGENET_CATEGORIES``).
+    """
+    text = resources.files("exporter").joinpath("data/imagenet_labels.txt").read_text("utf-8")
+    return text.splitlines()
+
+
 def build_feature_vector(
     backbone: str, *, weights: str | os.PathLike | None = "imagenet", pooling: str = "avg"
 ) -> FeatureVectorModule:
@@ -148,12 +159,16 @@ def build_feature_vector(
     """
     facts = registry.get(backbone)
     model = load_backbone(facts, weights)
-    return FeatureVectorModule(
-        model,
+    return FeatureVectorModule(model, pooling=pooling, **_facts_arguments(facts))
+
+
+def _facts_arguments(facts: registry.Backbone) -> dict:
+    return dict(
         preprocessing=facts.preprocessing,
-        pooling=pooling,
         min_size=facts.min_size,
         fixed_size=facts.native_size if facts.fixed_size else None,
+        native_size=facts.native_size,
+        source=facts.source,
         name=facts.name,
     )
 
@@ -172,7 +187,8 @@ def build_classifier(
         weights: ``'imagenet'``, ``'none'``/``None``, or a ``.weights.h5``/``.keras`` path.
         num_classes: ``None`` keeps the backbone's own classifier (ImageNet's 1000 classes)
             as logits; a number puts a new Dense head of that width on the pooled features.
-        labels: One class name per class, shipped as the ``labels.txt`` asset.
+        labels: One class name per class, shipped as the ``labels.txt`` asset; for the
+            backbone's own classifier, ImageNet's class names by default.
 
     Example:
         >>> module = build_classifier("mobilenet_v2", weights=None, num_classes=5)
@@ -180,9 +196,9 @@ def build_classifier(
         5
     """
     facts = registry.get(backbone)
-    fixed_size = facts.native_size if facts.fixed_size else None
-    common = dict(preprocessing=facts.preprocessing, min_size=facts.min_size, labels=labels)
-    common.update(fixed_size=fixed_size, name=facts.name)
+    if labels is None and num_classes is None:
+        labels = imagenet_labels()  # Its own classifier: ImageNet's 1000 classes.
+    common = dict(labels=labels, **_facts_arguments(facts))
     if num_classes is None:
         body, head = load_with_classifier(facts, weights)
         return ClassifierModule(body, head=head, **common)

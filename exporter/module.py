@@ -15,6 +15,7 @@ from exporter import spec
 from exporter.preprocessing import check_mode, preprocess
 
 POOLINGS = ("avg", "max")
+ACTIVATIONS = ("softmax", "sigmoid")
 
 
 class _Hidden:
@@ -97,6 +98,8 @@ class ImageModule(tf.Module):
         head: keras.Layer | None = None,
         min_size: int = 32,
         fixed_size: int | None = None,
+        native_size: int | None = None,
+        source: str | None = None,
         name: str | None = None,
     ):
         super().__init__(name=name)
@@ -112,6 +115,9 @@ class ImageModule(tf.Module):
         self.pooling = pooling
         self.min_size = int(min_size)
         self.fixed_size = fixed_size
+        self.native_size = int(fixed_size or native_size or min_size)
+        self.backbone_name = name or backbone.name
+        self.source = source or f"user-supplied Keras model ({type(backbone).__name__})"
         self.num_features = feature_width(backbone, fixed_size or max(self.min_size, 32))
         if head is not None and not head.built:
             head.build((None, self.num_features))
@@ -126,6 +132,11 @@ class ImageModule(tf.Module):
             for v in keras_trainable
             if getattr(v, "regularizer", None) is not None
         ]
+
+    @property
+    def hparams(self) -> dict:
+        """Keyword arguments of ``__call__`` that override a hyperparameter, with defaults."""
+        return {}
 
     @property
     def keras_backbone(self) -> keras.Model:
@@ -210,6 +221,8 @@ class FeatureVectorModule(ImageModule):
         pooling: str = "avg",
         min_size: int = 32,
         fixed_size: int | None = None,
+        native_size: int | None = None,
+        source: str | None = None,
         name: str | None = None,
     ):
         super().__init__(
@@ -220,6 +233,8 @@ class FeatureVectorModule(ImageModule):
             pooling=pooling,
             min_size=min_size,
             fixed_size=fixed_size,
+            native_size=native_size,
+            source=source,
             name=name,
         )
 
@@ -229,7 +244,9 @@ class ClassifierModule(ImageModule):
 
     The head is either ``head`` (a Keras layer from pooled features to logits, such as a
     backbone's own classifier with its softmax removed) or a new
-    ``Dropout(dropout_rate) -> Dense(num_classes)``.
+    ``Dropout(dropout_rate) -> Dense(num_classes)``. ``activation`` documents whether
+    softmax (mutually exclusive classes) or sigmoid (independent classes) applies to the
+    logits; it is not applied.
 
     Example:
         >>> backbone = keras.applications.MobileNetV2(
@@ -248,11 +265,19 @@ class ClassifierModule(ImageModule):
         head: keras.Layer | None = None,
         dropout_rate: float = 0.0,
         labels: list[str] | None = None,
+        activation: str = "softmax",
         pooling: str = "avg",
         min_size: int = 32,
         fixed_size: int | None = None,
+        native_size: int | None = None,
+        source: str | None = None,
         name: str | None = None,
     ):
+        if activation not in ACTIVATIONS:
+            raise ValueError(
+                f"Unknown activation {activation!r}; known: {', '.join(ACTIVATIONS)} (softmax "
+                "for mutually exclusive classes, sigmoid for independent ones)."
+            )
         if head is None:
             if not isinstance(num_classes, int) or num_classes < 1:
                 raise ValueError(
@@ -272,8 +297,11 @@ class ClassifierModule(ImageModule):
             head=head,
             min_size=min_size,
             fixed_size=fixed_size,
+            native_size=native_size,
+            source=source,
             name=name,
         )
+        self.activation = activation
         width = head.compute_output_shape((None, self.num_features))[-1]
         if num_classes is not None and width != num_classes:
             raise ValueError(

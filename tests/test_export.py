@@ -75,6 +75,10 @@ def test_own_classifier_gives_the_keras_logits(export, weights_file, name):
     assert logits.shape == (2, facts.num_classes)
     # Any size in range works, although Keras builds this head at native size only.
     assert obj(tf.constant(random_images(1, facts.min_size))).shape == (1, facts.num_classes)
+    # ImageNet's class names ship with it, as package data (nothing is downloaded).
+    labels = Path(obj.labels_file.asset_path.numpy().decode()).read_text().splitlines()
+    assert len(labels) == facts.num_classes == 1000
+    assert labels[:2] == ["tench", "goldfish"] and len(set(labels)) == 1000
 
 
 def test_classifier_from_a_keras_file(workdir, weights_file):

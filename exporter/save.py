@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from exporter import spec
+from exporter import card, conformance, spec
 from exporter.errors import ExportError
 from exporter.module import ImageModule
 from exporter.progress import stage
@@ -28,8 +28,6 @@ from exporter.progress import stage
 LABELS_FILE = "labels.txt"
 _TMP_TAG = "exporter-tmp"
 _OLD_TAG = "exporter-old"
-# SPEC.md, "Publishing layout": names that a .tar.gz for model hubs can carry.
-VALID_NAME = re.compile(r"^[A-Za-z0-9_]")
 _VERIFY_RTOL = 1e-4
 
 
@@ -122,28 +120,28 @@ def _write(module: ImageModule, directory: Path) -> None:
             path = Path(scratch, LABELS_FILE)
             path.write_text("".join(f"{label}\n" for label in labels), encoding="utf-8")
             module.labels_file = tf.saved_model.Asset(str(path))
+        signatures = {"serving_default": module.serve.get_concrete_function()}
         try:
-            tf.saved_model.save(
-                module,
-                str(directory),
-                signatures={"serving_default": module.serve.get_concrete_function()},
-            )
+            tf.saved_model.save(module, str(directory), signatures=signatures)
         finally:
             if labels:
                 del module.labels_file
+    card.write(module, directory, list(signatures))
 
 
 def verify(directory: Path, module: ImageModule) -> None:
     """Reload ``directory`` and check it against ``module``; raise ExportError if it differs.
 
-    Calls both training modes on the reloaded copy (so the in-memory module's batch-norm
-    statistics are never touched) and compares inference, through ``__call__`` and
-    ``serving_default``, with the in-memory module on random images.
+    Compares inference, through ``__call__`` and ``serving_default``, with the in-memory
+    module on random images, then runs every conformance rule (``exporter.conformance``,
+    which calls both training modes on the reloaded copy, never on the in-memory module)
+    with the card and metadata required.
     """
-    problems = _layout_problems(directory)
+    problems = []
     loaded = tf.saved_model.load(str(directory))
-    size = module.fixed_size or max(module.min_size, 64)
-    images = tf.constant(np.random.default_rng(0).random((2, size, size, 3), np.float32))
+    # Batch 3 at the rules' first size: the shape they call with too, so it is traced once.
+    size = spec.probe_sizes(module.min_size, module.native_size, module.fixed_size is not None)[0]
+    images = tf.constant(np.random.default_rng(0).random((3, size, size, 3), np.float32))
     expected = module(images, training=False).numpy()
     outputs = {
         "__call__(training=False)": loaded(images, training=False),
@@ -156,13 +154,16 @@ def verify(directory: Path, module: ImageModule) -> None:
             )
         elif not _close(output.numpy(), expected):
             problems.append(f"{name} differs from the in-memory model")
-    trained = loaded(images, training=True)
-    if trained.shape != expected.shape or not np.all(np.isfinite(trained.numpy())):
-        problems.append(f"__call__(training=True) gave {trained.dtype.name} {trained.shape}")
     if len(loaded.variables) != len(module.variables):
         problems.append(
             f"{len(loaded.variables)} variables saved, {len(module.variables)} expected"
         )
+    # The shared rules call training=True too (and restore what it changes).
+    try:
+        report = conformance.check(directory, task=module.task, strict_metadata=True, loaded=loaded)
+    except conformance.UnreadableError as error:
+        raise ExportError(f"The export failed verification: {error}") from None
+    problems += [f"rule {r.rule}: {r.message}" for r in report.results if r.status == "fail"]
     if problems:
         raise ExportError(f"The export failed verification: {'; '.join(problems)}.")
 
@@ -170,20 +171,6 @@ def verify(directory: Path, module: ImageModule) -> None:
 def _close(actual: np.ndarray, expected: np.ndarray) -> bool:
     scale = max(float(np.max(np.abs(expected))), 1e-6)
     return bool(np.all(np.abs(actual - expected) <= _VERIFY_RTOL * scale))
-
-
-def _layout_problems(directory: Path) -> list[str]:
-    problems = []
-    for path in sorted(directory.rglob("*")):
-        if not VALID_NAME.match(path.name):
-            problems.append(
-                f"{path.relative_to(directory)} does not start with a letter, digit or underscore"
-            )
-    if (directory / "tfhub_module.pb").exists():
-        problems.append("tfhub_module.pb marks the deprecated TF1 Hub format")
-    if not (directory / spec.SAVED_MODEL_FILE).is_file():
-        problems.append(f"no {spec.SAVED_MODEL_FILE}")
-    return problems
 
 
 def _move_into_place(tmp: Path, out: Path) -> None:

@@ -6,6 +6,8 @@ Shared by the module that is exported and, later, by the conformance checker. Se
 
 from __future__ import annotations
 
+import re
+
 import tensorflow as tf
 
 CHANNELS = 3
@@ -14,6 +16,8 @@ IMAGE_SPEC = tf.TensorSpec([None, None, None, CHANNELS], IMAGE_DTYPE, name="imag
 EXPECTED = "a float32 tensor [batch_size, height, width, 3] (NHWC, RGB, values in [0, 1])"
 
 SAVED_MODEL_FILE = "saved_model.pb"
+# "Publishing layout": names that a .tar.gz for model hubs can carry.
+VALID_NAME = re.compile(r"^[A-Za-z0-9_]")
 FEATURE_VECTOR_OUTPUT = "feature_vector"
 CLASSIFICATION_OUTPUT = "logits"
 
@@ -61,6 +65,17 @@ def size_requirement(min_size: int, fixed_size: int | None) -> str:
     if fixed_size is not None:
         return f"height and width of exactly {fixed_size}"
     return f"height and width of at least {min_size}"
+
+
+def probe_sizes(min_size: int, native_size: int, fixed_size: bool) -> tuple[int, ...]:
+    """Two cheap sizes inside the admissible range (one, for a fixed-size model).
+
+    Any two sizes in range prove that the output width does not depend on the size; small
+    ones keep checks of large backbones (EfficientNetB7 is native at 600) quick.
+    """
+    if fixed_size:
+        return (native_size,)
+    return min(native_size, 2 * min_size), min_size
 
 
 def _check_sizes(images: tf.Tensor, *, min_size: int, fixed_size: int | None):

@@ -1,0 +1,60 @@
+"""Check that a SavedModel keeps the reusable image API, before sharing or using it.
+
+Usage:
+    python -m exporter.check PATH [--task=image_feature_vector|image_classification]
+        [--json] [--allow_unsafe_ops]
+
+The graph is scanned for ops that touch files, processes, the network or Python before
+anything is loaded; such a model is refused unless --allow_unsafe_ops is given.
+
+Exit status: 0 when every rule passes (warnings allowed), 1 when any rule is violated,
+2 when the SavedModel cannot be read or on a usage error.
+"""
+
+import sys
+
+from absl import app, flags
+
+from exporter import conformance
+
+_TASK = flags.DEFINE_enum(
+    "task", None, list(conformance.TASKS), "The task to check as; default: from the metadata."
+)
+_JSON = flags.DEFINE_bool("json", False, "Print the report as JSON instead of text.")
+_ALLOW_UNSAFE_OPS = flags.DEFINE_bool(
+    "allow_unsafe_ops", False, "Load and run the model even if it has unsafe ops."
+)
+_LIST_RULES = flags.DEFINE_bool("list_rules", False, "Print every rule and what it checks.")
+
+USAGE_ERROR, NOT_CONFORMING = 2, 1
+
+
+def _parse(argv: list[str]) -> list[str]:
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(USAGE_ERROR)
+
+
+def main(argv: list[str]) -> int:
+    if _LIST_RULES.value:
+        for rule, text in conformance.RULES.items():
+            print(f"{rule}: {text}")
+        return 0
+    if len(argv) != 2:
+        print("error: expected one SavedModel directory; see --help.", file=sys.stderr)
+        return USAGE_ERROR
+    try:
+        report = conformance.check(
+            argv[1], task=_TASK.value, allow_unsafe_ops=_ALLOW_UNSAFE_OPS.value
+        )
+    except conformance.UnreadableError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return USAGE_ERROR
+    print(report.to_json() if _JSON.value else report.to_text())
+    return 0 if report.ok else NOT_CONFORMING
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=_parse)

@@ -1,0 +1,299 @@
+"""The conformance checker: no false alarms, each broken model caught by its own rule."""
+
+import json
+import shutil
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import BACKBONES, run_cli
+
+import exporter
+from exporter import conformance
+
+EXPORTS = [("feature_vector", {}), ("classification", {}), ("classification", {"labels": True})]
+
+
+def _export_for(export, name, task, options):
+    if options.get("labels"):
+        return export(task, name, "none", num_classes=4, labels=["a", "b", "c", "d"])
+    return export(task, name, "file" if task == "classification" else "none")
+
+
+@pytest.mark.parametrize("task, options", EXPORTS, ids=["feature_vector", "own_head", "labels"])
+@pytest.mark.parametrize("name", BACKBONES)
+def test_no_false_alarms_on_our_exports(export, name, task, options):
+    report = conformance.check(_export_for(export, name, task, options), strict_metadata=True)
+    assert report.failed() == [], report.to_text()
+    assert [r.rule for r in report.results if r.status == conformance.WARN] == []
+    assert report.task == ("image_feature_vector" if task == "feature_vector" else
+                           "image_classification")  # fmt: skip
+
+
+def test_cli_exit_zero_and_json_lists_every_rule(export):
+    done = run_cli("check", str(export("feature_vector", "mobilenet_v2", "none")), "--json")
+    assert done.returncode == 0, done.stderr[-2000:]
+    parsed = json.loads(done.stdout)
+    assert parsed["ok"] is True
+    assert [r["rule"] for r in parsed["rules"]] == list(conformance.RULES)
+    assert {r["status"] for r in parsed["rules"]} == {"pass"}
+
+
+# -- a catalogue of broken SavedModels, one per rule ----------------------------------------
+
+GOOD_SPEC = tf.TensorSpec([None, None, None, 3], tf.float32)
+
+
+class _Model(tf.Module):
+    variables = None
+    trainable_variables = None
+
+
+def _forward(model, images, training, broken):
+    if broken == "input_dtype":
+        images = tf.cast(images, tf.float32) / 255.0
+    if broken == "input_layout":
+        images = tf.transpose(images, [0, 2, 3, 1])
+    x = tf.einsum("bhwc,cd->bhwd", images, model.kernel)
+    if broken == "output_shape":
+        return x  # The feature map, not pooled.
+    if broken == "size_independent":
+        pooled = tf.reshape(tf.nn.avg_pool2d(x, 32, 32, "VALID"), [tf.shape(x)[0], -1])
+    else:
+        pooled = tf.reduce_mean(x, [1, 2])
+    if training:
+        model.moving.assign(0.9 * model.moving + 0.1 * tf.reduce_mean(x, [0, 1, 2]))
+        out = pooled
+    else:
+        out = pooled - tf.reduce_mean(model.moving)
+    if broken == "batch_independent":
+        out = out - tf.reduce_mean(out, 0, keepdims=True)
+    if broken == "deterministic":
+        out = out + 1e-5 * tf.reduce_max(tf.abs(out)) * tf.random.uniform(tf.shape(out))
+    if broken == "output_dtype":
+        out = tf.cast(out, tf.float16)
+    if broken == "training_call" and training:
+        out = tf.concat([out, out], -1)
+    return out
+
+
+def _broken(broken: str, directory: Path) -> Path:
+    """Save a small image feature vector model that breaks exactly the rule ``broken``."""
+    spec = {
+        "input_dtype": tf.TensorSpec([None, None, None, 3], tf.uint8),
+        "input_layout": tf.TensorSpec([None, 3, None, None], tf.float32),
+        "input_batch": tf.TensorSpec([1, None, None, 3], tf.float32),
+    }.get(broken, GOOD_SPEC)
+    takes_training = broken != "training_argument"
+
+    def call(self, images, training=False):
+        return _forward(self, images, training, broken)
+
+    def call_without_training(self, images):
+        return _forward(self, images, False, broken)
+
+    members = {}
+    if broken != "callable":
+        function = call if takes_training else call_without_training
+        members["__call__"] = tf.function(function, autograph=False)
+    model = type("Broken", (_Model,), members)()
+    rng = np.random.default_rng(0)
+    model.kernel = tf.Variable(rng.normal(size=(3, 8)).astype("float32"), name="kernel")
+    model.moving = tf.Variable(tf.zeros([8]), trainable=False, name="moving_mean")
+    if broken != "variables":
+        model.variables = [model.moving] if broken == "variables_subset" else [
+            model.kernel, model.moving]  # fmt: skip
+        model.trainable_variables = [model.kernel]
+        if broken == "trainable_flags":
+            model.trainable_variables = [model.kernel, model.moving]
+    kernel = model.kernel
+    loss = (lambda: kernel[0]) if broken == "regularization_losses" else (
+        lambda: 0.01 * tf.reduce_sum(kernel**2))  # fmt: skip
+    model.regularization_losses = [tf.function(loss, input_signature=[])]
+    if "__call__" in members:
+        for training in [False] if broken == "training_traced" else [False, True]:
+            if takes_training:
+                model.__call__.get_concrete_function(spec, training=training)
+            else:
+                model.__call__.get_concrete_function(spec)
+
+    @tf.function(input_signature=[spec])
+    def serve(images):
+        out = _forward(model, images, False, broken)
+        return {"feature_vector": out * 2.0 if broken == "serving_default" else out}
+
+    signatures = {} if broken == "serving_default_missing" else {"serving_default": serve}
+    if broken == "labels":
+        labels = directory.parent / "labels.txt"
+        labels.write_text("one\ntwo\nthree\n")
+        model.labels_file = tf.saved_model.Asset(str(labels))
+    tf.saved_model.save(model, str(directory), signatures=signatures)
+    if broken == "no_tfhub_module_pb":
+        (directory / "tfhub_module.pb").write_bytes(b"")
+    if broken == "file_names":
+        (directory / "assets" / ".DS_Store").write_bytes(b"")
+    if broken == "loads":
+        shutil.rmtree(directory / "variables")
+    return directory
+
+
+# broken variant -> the one rule that must fail
+CATALOGUE = {
+    "no_tfhub_module_pb": "no_tfhub_module_pb",
+    "file_names": "file_names",
+    "loads": "loads",
+    "callable": "callable",
+    "training_argument": "training_argument",
+    "training_traced": "training_traced",
+    "input_dtype": "input_dtype",
+    "input_layout": "input_layout",
+    "input_batch": "input_batch",
+    "output_dtype": "output_dtype",
+    "output_shape": "output_shape",
+    "size_independent": "size_independent",
+    "batch_independent": "batch_independent",
+    "deterministic": "deterministic",
+    "variables": "variables",
+    "variables_subset": "variables",
+    "trainable_flags": "trainable_flags",
+    "regularization_losses": "regularization_losses",
+    "serving_default": "serving_default",
+    "serving_default_missing": "serving_default",
+    "labels": "labels",
+    "training_call": "training_call",
+}
+
+
+def test_the_good_variant_passes(tmp_path):
+    report = conformance.check(_broken("nothing", tmp_path / "model"))
+    assert report.failed() == [], report.to_text()
+    assert [r.rule for r in report.results if r.status == "warn"] == ["metadata"]
+
+
+@pytest.mark.parametrize("broken", sorted(CATALOGUE))
+def test_each_broken_model_fails_exactly_its_rule(tmp_path, broken):
+    path = _broken(broken, tmp_path / "model")
+    task = "image_classification" if broken == "labels" else None
+    report = conformance.check(path, task=task)
+    assert report.failed() == [CATALOGUE[broken]], report.to_text()
+
+
+def test_catalogue_covers_at_least_twelve_rules():
+    assert len(set(CATALOGUE.values())) >= 12
+    assert set(CATALOGUE.values()) <= set(conformance.RULES)
+
+
+def test_broken_model_exits_one_on_the_cli(tmp_path):
+    done = run_cli("check", str(_broken("batch_independent", tmp_path / "model")))
+    assert done.returncode == 1
+    assert "FAIL  batch_independent" in done.stdout
+
+
+def test_metadata_that_disagrees_with_our_export(export, tmp_path):
+    copy = tmp_path / "model"
+    shutil.copytree(export("feature_vector", "mobilenet_v2", "none"), copy)
+    path = copy / "assets.extra" / "metadata.json"
+    facts = json.loads(path.read_text())
+    facts["num_features"] += 1
+    path.write_text(json.dumps(facts))
+    report = conformance.check(copy)
+    assert report.failed() == ["metadata"], report.to_text()
+    assert "num_features is 1281, the model outputs 1280" in report.to_text()
+
+
+def test_exporter_refuses_a_model_that_breaks_a_rule(tmp_path):
+    inputs = keras.Input((None, None, 3))
+    features = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3)(inputs))
+    leaky = keras.layers.Lambda(lambda f: f - keras.ops.mean(f, axis=0, keepdims=True))(features)
+    module = exporter.FeatureVectorModule(keras.Model(inputs, leaky), preprocessing="identity")
+    with pytest.raises(exporter.ExportError, match="rule batch_independent"):
+        exporter.save(module, tmp_path / "model")
+    assert list(tmp_path.iterdir()) == []
+
+
+# -- safety ------------------------------------------------------------------------------
+
+
+class _Writer(tf.Module):
+    def __init__(self, target: str):
+        super().__init__()
+        self.target = target
+
+    @tf.function(input_signature=[GOOD_SPEC])
+    def __call__(self, images):
+        tf.io.write_file(self.target, "pwned")
+        return tf.reduce_mean(images, [1, 2])
+
+
+def test_unsafe_model_is_refused_before_it_runs(tmp_path):
+    target = tmp_path / "written-by-model.txt"
+    path = tmp_path / "model"
+    tf.saved_model.save(_Writer(str(target)), str(path))
+    assert not target.exists()  # Saving traces; it never ran the op.
+    done = run_cli("check", str(path))
+    assert done.returncode == 1
+    assert "FAIL  safe_ops" in done.stdout and "WriteFile" in done.stdout
+    assert "SKIP  loads" in done.stdout
+    assert not target.exists()
+    # The scan is what stands between the check and the write.
+    run_cli("check", str(path), "--allow_unsafe_ops")
+    assert target.read_text() == "pwned"
+
+
+def test_scan_finds_python_ops(tmp_path):
+    class PyModel(tf.Module):
+        @tf.function(input_signature=[GOOD_SPEC])
+        def __call__(self, images):
+            return tf.py_function(lambda x: x, [images], tf.float32)
+
+    tf.saved_model.save(PyModel(), str(tmp_path / "model"))
+    report = conformance.check(tmp_path / "model")
+    assert report.failed() == ["safe_ops"]
+    assert "EagerPyFunc" in report.to_text()
+
+
+def test_checkpoint_ops_are_allowed_only_in_the_saver(export):
+    from exporter import unsafe_ops
+
+    path = Path(export("feature_vector", "mobilenet_v2", "none"))
+    proto = conformance.read_saved_model(path)
+    assert unsafe_ops.scan(proto) == []
+    function = proto.meta_graphs[0].graph_def.library.function
+    call = next(f for f in function if "__call__" in f.signature.name)
+    call.node_def.add(name="sneaky", op="SaveV2")
+    assert unsafe_ops.scan(proto) == [("SaveV2", f"function {call.signature.name}")]
+
+
+# -- unreadable input --------------------------------------------------------------------
+
+
+def _unreadable(tmp_path, kind) -> Path:
+    path = tmp_path / "model"
+    if kind == "missing":
+        return path
+    path.mkdir()
+    if kind == "garbage":
+        (path / "saved_model.pb").write_bytes(b"\xff\xfenot a protobuf at all")
+    if kind == "truncated":
+        good = tf.Module()
+        good.v = tf.Variable(1.0)
+        tf.saved_model.save(good, str(tmp_path / "good"))
+        data = (tmp_path / "good" / "saved_model.pb").read_bytes()
+        (path / "saved_model.pb").write_bytes(data[: len(data) // 2])
+    return path
+
+
+@pytest.mark.parametrize("kind", ["missing", "empty", "garbage", "truncated"])
+def test_unreadable_input_exits_two_with_one_line(tmp_path, kind):
+    done = run_cli("check", str(_unreadable(tmp_path, kind)))
+    assert done.returncode == 2, done.stdout + done.stderr[-1000:]
+    assert "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert done.stdout == ""
+
+
+def test_usage_errors_exit_two():
+    assert run_cli("check").returncode == 2
+    assert run_cli("check", "--task=segmentation", "x").returncode == 2

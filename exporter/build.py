@@ -11,7 +11,7 @@ import keras
 
 from exporter import registry
 from exporter.errors import ExportError
-from exporter.module import ClassifierModule, FeatureVectorModule
+from exporter.module import ClassifierModule, FeatureVectorModule, new_head
 from exporter.progress import stage
 
 WEIGHT_SUFFIXES = (".weights.h5", ".keras")
@@ -115,6 +115,9 @@ def load_with_classifier(backbone: registry.Backbone, weights) -> tuple[keras.Mo
             classifier_activation=None,
         )
     pools = [i for i, layer in enumerate(full.layers) if _is_global_pool(layer)]
+    if backbone.classifier_fixed_size:
+        # The head flattens a feature map of the native size: keep the whole model.
+        return full, keras.layers.Identity(name="classifier")
     if not pools:
         raise ExportError(f"{backbone.name} has no global pooling before its classifier.")
     pool = full.layers[pools[-1]]
@@ -123,9 +126,13 @@ def load_with_classifier(backbone: registry.Backbone, weights) -> tuple[keras.Mo
         keras.Model(full.input, pool.input),
         input_tensors=keras.Input((size, size, 3)),
         clone_function=lambda layer: layer,
+        recursive=True,  # Nested models (ConvNeXt's stem) have a fixed Input of their own.
     )
-    head = keras.Sequential(full.layers[pools[-1] + 1 :], name="classifier")
-    return body, head
+    top = full.layers[pools[-1] + 1 :]
+    if getattr(pool, "keepdims", False):
+        # Our pooled features are [batch, channels]; this head expects [batch, 1, 1, channels].
+        top = [keras.layers.Reshape((1, 1, pool.input.shape[-1])), *top]
+    return body, keras.Sequential(top, name="classifier")
 
 
 def _is_global_pool(layer) -> bool:
@@ -142,8 +149,31 @@ def imagenet_labels() -> list[str]:
     return text.splitlines()
 
 
+KERNELS = ("kernel", "depthwise_kernel", "pointwise_kernel")
+
+
+def add_weight_decay(layers, weight_decay: float) -> None:
+    """Attach an L2 regularizer of ``weight_decay`` to every kernel that has none yet.
+
+    Regularizers a model already has are kept. The penalty is ``weight_decay *
+    sum(kernel ** 2)`` (``keras.regularizers.L2``), added to the loss as it is.
+    """
+    if weight_decay < 0:
+        raise ExportError(f"Expected weight_decay >= 0. Received: {weight_decay}.")
+    if not weight_decay:
+        return
+    for layer in layers:
+        for variable in layer.trainable_variables:
+            if variable.name in KERNELS and getattr(variable, "regularizer", None) is None:
+                variable.regularizer = keras.regularizers.L2(weight_decay)
+
+
 def build_feature_vector(
-    backbone: str, *, weights: str | os.PathLike | None = "imagenet", pooling: str = "avg"
+    backbone: str,
+    *,
+    weights: str | os.PathLike | None = "imagenet",
+    pooling: str = "avg",
+    weight_decay: float = 0.0,
 ) -> FeatureVectorModule:
     """Build the image feature vector module of a registered backbone.
 
@@ -151,6 +181,7 @@ def build_feature_vector(
         backbone: A registered name; see ``exporter.list_backbones()``.
         weights: ``'imagenet'``, ``'none'``/``None``, or a ``.weights.h5``/``.keras`` path.
         pooling: ``'avg'`` or ``'max'`` over the last feature map.
+        weight_decay: L2 penalty on every kernel, exposed as ``regularization_losses``.
 
     Example:
         >>> module = build_feature_vector("mobilenet_v2", weights=None)
@@ -159,6 +190,7 @@ def build_feature_vector(
     """
     facts = registry.get(backbone)
     model = load_backbone(facts, weights)
+    add_weight_decay([model], weight_decay)
     return FeatureVectorModule(model, pooling=pooling, **_facts_arguments(facts))
 
 
@@ -179,6 +211,7 @@ def build_classifier(
     weights: str | os.PathLike | None = "imagenet",
     num_classes: int | None = None,
     labels: list[str] | None = None,
+    weight_decay: float = 0.0,
 ) -> ClassifierModule:
     """Build the image classification module of a registered backbone.
 
@@ -189,6 +222,7 @@ def build_classifier(
             as logits; a number puts a new Dense head of that width on the pooled features.
         labels: One class name per class, shipped as the ``labels.txt`` asset; for the
             backbone's own classifier, ImageNet's class names by default.
+        weight_decay: L2 penalty on every kernel of the backbone and the head.
 
     Example:
         >>> module = build_classifier("mobilenet_v2", weights=None, num_classes=5)
@@ -201,8 +235,11 @@ def build_classifier(
     common = dict(labels=labels, **_facts_arguments(facts))
     if num_classes is None:
         body, head = load_with_classifier(facts, weights)
-        return ClassifierModule(body, head=head, **common)
-    model = load_backbone(facts, weights)
-    return ClassifierModule(
-        model, num_classes=num_classes, dropout_rate=facts.top_dropout, **common
-    )
+        if facts.classifier_fixed_size:
+            common.update(fixed_size=facts.native_size)
+    else:
+        body = load_backbone(facts, weights)
+        head = new_head(num_classes, facts.top_dropout)
+        head.build((None, facts.num_features))  # Its kernel must exist for weight decay.
+    add_weight_decay([body, head], weight_decay)
+    return ClassifierModule(body, head=head, **common)

@@ -24,6 +24,8 @@ class Backbone:
         num_classes: Classes of its own (ImageNet) classifier.
         top_dropout: Dropout rate before its own classifier.
         fixed_size: Whether it only works at ``native_size``.
+        classifier_fixed_size: Whether its own classifier only works at ``native_size``
+            (it flattens a feature map instead of pooling it).
     """
 
     name: str
@@ -36,6 +38,7 @@ class Backbone:
     num_classes: int = 1000
     top_dropout: float = 0.0
     fixed_size: bool = False
+    classifier_fixed_size: bool = False
 
     def __post_init__(self):
         preprocessing.check_mode(self.preprocessing)

@@ -8,7 +8,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import BACKBONES, run_cli
+from conftest import CORE, run_cli
 
 import exporter
 from exporter import conformance
@@ -23,7 +23,7 @@ def _export_for(export, name, task, options):
 
 
 @pytest.mark.parametrize("task, options", EXPORTS, ids=["feature_vector", "own_head", "labels"])
-@pytest.mark.parametrize("name", BACKBONES)
+@pytest.mark.parametrize("name", CORE)
 def test_no_false_alarms_on_our_exports(export, name, task, options):
     report = conformance.check(_export_for(export, name, task, options), strict_metadata=True)
     assert report.failed() == [], report.to_text()

@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import BACKBONES, keras_reference, random_images
+from conftest import CORE, keras_reference, random_images
 
 import exporter
 
@@ -26,7 +26,7 @@ def _preprocess_input(name, images):
 
 
 @pytest.mark.parametrize("weights", ["none", "file"])
-@pytest.mark.parametrize("name", BACKBONES)
+@pytest.mark.parametrize("name", CORE)
 def test_export_loads_and_keeps_shapes(export, name, weights):
     facts = exporter.get_backbone(name)
     obj = tf.saved_model.load(str(export("feature_vector", name, weights)))
@@ -42,7 +42,7 @@ def test_export_loads_and_keeps_shapes(export, name, weights):
     assert list(obj.regularization_losses) == []
 
 
-@pytest.mark.parametrize("name", BACKBONES)
+@pytest.mark.parametrize("name", CORE)
 def test_feature_vector_matches_keras_preprocess_input(export, weights_file, name):
     obj = tf.saved_model.load(str(export("feature_vector", name)))
     reference = keras_reference(name, weights_file(name))
@@ -61,7 +61,13 @@ def test_max_pooling(export, weights_file):
     _close(obj(tf.constant(images)), expected)
 
 
-@pytest.mark.parametrize("name", BACKBONES)
+# Heads of every shape: pooled Dense (resnet50), dropout (efficientnet_b0), keepdims pooling
+# into a convolution (mobilenet, mobilenet_v3_small), LayerNorm (convnext_tiny), flatten at a
+# fixed size (vgg16).
+OWN_HEADS = (*CORE, "mobilenet", "mobilenet_v3_small", "convnext_tiny", "vgg16")
+
+
+@pytest.mark.parametrize("name", OWN_HEADS)
 def test_own_classifier_gives_the_keras_logits(export, weights_file, name):
     facts = exporter.get_backbone(name)
     obj = tf.saved_model.load(str(export("classification", name)))
@@ -73,8 +79,12 @@ def test_own_classifier_gives_the_keras_logits(export, weights_file, name):
     # Logits, not probabilities: softmax of ours is what the Keras default head outputs.
     assert not np.allclose(np.sum(logits, axis=-1), 1.0)
     assert logits.shape == (2, facts.num_classes)
-    # Any size in range works, although Keras builds this head at native size only.
-    assert obj(tf.constant(random_images(1, facts.min_size))).shape == (1, facts.num_classes)
+    if facts.classifier_fixed_size:
+        with pytest.raises(tf.errors.InvalidArgumentError, match="exactly 224"):
+            obj(tf.constant(random_images(1, facts.min_size)))
+    else:  # Any size in range works, although Keras builds this head at native size only.
+        small = obj(tf.constant(random_images(1, facts.min_size)))
+        assert small.shape == (1, facts.num_classes)
     # ImageNet's class names ship with it, as package data (nothing is downloaded).
     labels = Path(obj.labels_file.asset_path.numpy().decode()).read_text().splitlines()
     assert len(labels) == facts.num_classes == 1000
@@ -150,7 +160,7 @@ def test_bad_input_is_refused_by_the_export(export, case):
     )
 
 
-@pytest.mark.parametrize("name", BACKBONES)
+@pytest.mark.parametrize("name", CORE)
 def test_too_small_images_are_refused_by_the_export(export, name):
     facts = exporter.get_backbone(name)
     obj = tf.saved_model.load(str(export("feature_vector", name, "none")))
@@ -167,7 +177,7 @@ def test_training_must_be_a_python_bool():
         module(tf.zeros([1, 32, 32, 3]), training=tf.constant(True))
 
 
-@pytest.mark.parametrize("name", BACKBONES)
+@pytest.mark.parametrize("name", CORE)
 def test_each_variable_is_stored_once(export, weights_file, name):
     path = Path(export("feature_vector", name))
     on_disk = sum(f.stat().st_size for f in (path / "variables").iterdir())

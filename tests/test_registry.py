@@ -3,7 +3,7 @@
 import keras
 import pytest
 import tensorflow as tf
-from conftest import BACKBONES
+from conftest import CORE
 
 import exporter
 from exporter import registry
@@ -36,7 +36,7 @@ def test_fact_sheet_rejects_impossible_sizes():
         )  # fmt: skip
 
 
-@pytest.mark.parametrize("name", BACKBONES)
+@pytest.mark.parametrize("name", CORE)
 def test_facts_match_the_real_model(name):
     facts = exporter.get_backbone(name)
     model = facts.build(include_top=False, weights=None, input_shape=(None, None, 3))
@@ -48,7 +48,7 @@ def test_facts_match_the_real_model(name):
     assert hasattr(getattr(keras.applications, facts.family), "preprocess_input")
 
 
-@pytest.mark.parametrize("name", BACKBONES)
+@pytest.mark.parametrize("name", CORE)
 def test_minimum_size_works_and_one_less_fails_clearly(name):
     facts = exporter.get_backbone(name)
     module = exporter.build_feature_vector(name, weights=None)

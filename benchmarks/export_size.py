@@ -13,7 +13,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import keras
 import numpy as np
 from absl import app, flags
 

@@ -2,7 +2,8 @@
 
 Usage:
     python -m exporter.classification --backbone=resnet50 --out=DIR
-        [--num_classes=N] [--labels=FILE] [--weights=imagenet|none|PATH] [--overwrite]
+        [--num_classes=N] [--labels=FILE] [--weights=imagenet|none|PATH]
+        [--weight_decay=X] [--overwrite]
 """
 
 from absl import flags
@@ -31,6 +32,7 @@ def main(argv: list[str]) -> None:
             weights=cli.WEIGHTS.value,
             num_classes=_NUM_CLASSES.value,
             labels=_LABELS.value,
+            weight_decay=cli.WEIGHT_DECAY.value,
             overwrite=cli.OVERWRITE.value,
         )
     )

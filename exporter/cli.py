@@ -20,6 +20,10 @@ OUT = flags.DEFINE_string(
     "out", None, "SavedModel directory to write (must not exist, or be empty, unless --overwrite)."
 )
 WEIGHTS = flags.DEFINE_string("weights", "imagenet", f"Weights: {build.WEIGHTS_HELP}.")
+WEIGHT_DECAY = flags.DEFINE_float(
+    "weight_decay", 0.0, "L2 penalty on every kernel, exposed as regularization_losses "
+    "(fine-tuning adds them to the loss as they are).", lower_bound=0.0,
+)  # fmt: skip
 OVERWRITE = flags.DEFINE_bool(
     "overwrite", False, "Replace an existing SavedModel at --out (atomically)."
 )

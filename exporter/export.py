@@ -30,6 +30,7 @@ def export_feature_vector(
     *,
     weights: str | os.PathLike | None = "imagenet",
     pooling: str = "avg",
+    weight_decay: float = 0.0,
     overwrite: bool = False,
 ) -> Path:
     """Export a registered backbone as an image feature vector SavedModel.
@@ -40,7 +41,9 @@ def export_feature_vector(
     """
     check_destination(out, overwrite)
     registry.get(backbone)
-    module = build_feature_vector(backbone, weights=weights, pooling=pooling)
+    module = build_feature_vector(
+        backbone, weights=weights, pooling=pooling, weight_decay=weight_decay
+    )
     return save(module, out, overwrite=overwrite)
 
 
@@ -51,6 +54,7 @@ def export_classifier(
     weights: str | os.PathLike | None = "imagenet",
     num_classes: int | None = None,
     labels: str | os.PathLike | list[str] | None = None,
+    weight_decay: float = 0.0,
     overwrite: bool = False,
 ) -> Path:
     """Export a registered backbone as an image classification SavedModel (logits).
@@ -74,5 +78,8 @@ def export_classifier(
             f"Expected one label per class ({expected} for {backbone}). "
             f"Received {len(labels)} labels."
         )
-    module = build_classifier(backbone, weights=weights, num_classes=num_classes, labels=labels)
+    module = build_classifier(
+        backbone, weights=weights, num_classes=num_classes, labels=labels,
+        weight_decay=weight_decay,
+    )  # fmt: skip
     return save(module, out, overwrite=overwrite)

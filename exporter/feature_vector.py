@@ -2,7 +2,7 @@
 
 Usage:
     python -m exporter.feature_vector --backbone=resnet50 --out=DIR
-        [--weights=imagenet|none|PATH] [--pooling=avg|max] [--overwrite]
+        [--weights=imagenet|none|PATH] [--pooling=avg|max] [--weight_decay=X] [--overwrite]
 """
 
 from absl import flags
@@ -23,6 +23,7 @@ def main(argv: list[str]) -> None:
             cli.OUT.value,
             weights=cli.WEIGHTS.value,
             pooling=_POOLING.value,
+            weight_decay=cli.WEIGHT_DECAY.value,
             overwrite=cli.OVERWRITE.value,
         )
     )

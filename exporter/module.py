@@ -52,17 +52,41 @@ def _unique(variables) -> list:
     return kept
 
 
-def _regularization_loss(variable: tf.Variable, regularizer) -> tf.function:
+def _scalar_loss(compute) -> tf.function:
     @tf.function(input_signature=[])
     def loss():
-        return tf.cast(regularizer(variable), tf.float32)
+        return tf.cast(compute(), tf.float32)
 
     return loss
 
 
-def feature_width(model: keras.Model, size: int) -> int:
+def _regularization_losses(layers, keras_trainable) -> list:
+    """One zero-argument function per weight regularizer, for both Keras generations."""
+    losses = []
+    for variable in keras_trainable:
+        regularizer = getattr(variable, "regularizer", None)  # Keras 3 keeps them here.
+        if regularizer is not None:
+            inner = tf_variable(variable)
+            losses.append(_scalar_loss(lambda r=regularizer, v=inner: r(v)))
+    for layer in layers:
+        if is_tf_keras(layer):  # tf-keras keeps zero-argument callables on each layer.
+            for sublayer in layer._flatten_layers():
+                losses += [_scalar_loss(fn) for fn in sublayer._callable_losses]
+    return losses
+
+
+def is_tf_keras(model) -> bool:
+    """Whether ``model`` is a tf-keras (Keras 2) model rather than a Keras 3 one."""
+    return type(model).__module__.startswith("tf_keras") and hasattr(model, "_flatten_layers")
+
+
+def feature_width(model, size: int) -> int:
     """Return the channel width of ``model``'s output, found symbolically at ``size``."""
-    output = model.compute_output_spec(keras.KerasTensor((1, size, size, spec.CHANNELS)))
+    shape = (1, size, size, spec.CHANNELS)
+    if is_tf_keras(model):
+        output = tf.TensorSpec(model.compute_output_shape(shape))
+    else:
+        output = model.compute_output_spec(keras.KerasTensor(shape))
     if isinstance(output, (list, tuple, dict)):
         raise ValueError(
             f"Expected a backbone with one output (a feature map or pooled features). "
@@ -76,10 +100,19 @@ def feature_width(model: keras.Model, size: int) -> int:
     return int(output.shape[-1])
 
 
+def new_head(num_classes: int, dropout_rate: float = 0.0) -> keras.Sequential:
+    """A new classifier: ``Dropout(dropout_rate) -> Dense(num_classes)``, giving logits."""
+    return keras.Sequential(
+        [keras.layers.Dropout(dropout_rate), keras.layers.Dense(num_classes)], name="classifier"
+    )
+
+
 class ImageModule(tf.Module):
     """A Keras backbone (plus an optional head) behind the reusable SavedModel image API.
 
-    Use ``FeatureVectorModule`` or ``ClassifierModule``; this base holds what they share.
+    The backbone is a Keras 3 model (functional, sequential or subclassed) or a tf-keras
+    (Keras 2) model. Use ``FeatureVectorModule`` or ``ClassifierModule``; this base holds
+    what they share.
     """
 
     # tf.Module defines these as computed properties; the reusable SavedModel API needs them
@@ -89,7 +122,7 @@ class ImageModule(tf.Module):
 
     def __init__(
         self,
-        backbone: keras.Model,
+        backbone,
         *,
         task: str,
         output_name: str,
@@ -103,8 +136,10 @@ class ImageModule(tf.Module):
         name: str | None = None,
     ):
         super().__init__(name=name)
-        if not isinstance(backbone, keras.Model):
-            raise TypeError(f"Expected a Keras 3 model as backbone. Received: {backbone!r}.")
+        if not isinstance(backbone, keras.Model) and not is_tf_keras(backbone):
+            raise TypeError(
+                f"Expected a Keras 3 or tf-keras model as backbone. Received: {backbone!r}."
+            )
         if pooling not in POOLINGS:
             raise ValueError(f"Unknown pooling {pooling!r}; known: {', '.join(POOLINGS)}.")
         if fixed_size is not None:
@@ -127,11 +162,7 @@ class ImageModule(tf.Module):
         keras_trainable = _unique(v for layer in layers for v in layer.trainable_variables)
         self.variables = _unique(tf_variable(v) for v in keras_variables)
         self.trainable_variables = _unique(tf_variable(v) for v in keras_trainable)
-        self.regularization_losses = [
-            _regularization_loss(tf_variable(v), v.regularizer)
-            for v in keras_trainable
-            if getattr(v, "regularizer", None) is not None
-        ]
+        self.regularization_losses = _regularization_losses(layers, keras_trainable)
 
     @property
     def hparams(self) -> dict:
@@ -284,10 +315,7 @@ class ClassifierModule(ImageModule):
                     "Expected num_classes to be a positive int when no head is given. "
                     f"Received: num_classes={num_classes!r}."
                 )
-            head = keras.Sequential(
-                [keras.layers.Dropout(dropout_rate), keras.layers.Dense(num_classes)],
-                name="classifier",
-            )
+            head = new_head(num_classes, dropout_rate)
         super().__init__(
             backbone,
             task="image_classification",

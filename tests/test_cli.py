@@ -28,10 +28,11 @@ def test_classification_cli_with_labels_and_weights_file(tmp_path, weights_file)
     out = tmp_path / "classifier"
     done = run_cli(
         "classification", "--backbone=mobilenet_v2", f"--weights={weights_file('mobilenet_v2')}",
-        "--num_classes=3", f"--labels={labels}", f"--out={out}",
+        "--num_classes=3", f"--labels={labels}", f"--out={out}", "--weight_decay=1e-4",
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "load weights from" in done.stderr
+    assert len(tf.saved_model.load(str(out)).regularization_losses) > 50
     assert (out / "assets" / "labels.txt").read_text().splitlines() == ["cat", "dog", "bird"]
     assert tf.saved_model.load(str(out))(tf.zeros([1, 32, 32, 3])).shape == (1, 3)
 

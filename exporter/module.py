@@ -80,11 +80,22 @@ def is_tf_keras(model) -> bool:
     return type(model).__module__.startswith("tf_keras") and hasattr(model, "_flatten_layers")
 
 
+def _known_outputs(model) -> bool:
+    try:
+        return bool(model.outputs)
+    except (AttributeError, ValueError):  # Subclassed models have no symbolic outputs.
+        return False
+
+
 def feature_width(model, size: int) -> int:
     """Return the channel width of ``model``'s output, found symbolically at ``size``."""
     shape = (1, size, size, spec.CHANNELS)
     if is_tf_keras(model):
         output = tf.TensorSpec(model.compute_output_shape(shape))
+    elif isinstance(model, keras.Model) and _known_outputs(model):
+        # Functional and sequential models know their output from construction; a symbolic
+        # call could trip over nested models built for a fixed size (ConvNeXt's stem).
+        output = model.outputs[0] if len(model.outputs) == 1 else model.outputs
     else:
         output = model.compute_output_spec(keras.KerasTensor(shape))
     if isinstance(output, (list, tuple, dict)):

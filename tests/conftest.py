@@ -21,7 +21,7 @@ import exporter  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 BACKBONES = exporter.list_backbones()
 # The three of the core issue: every consumer and every error path is tested on these;
-# test_zoo.py covers the facts, a round trip and parity of all of BACKBONES.
+# test_zoo.py covers the facts, a round trip, parity and the own classifier of BACKBONES.
 CORE = ("efficientnet_b0", "mobilenet_v2", "resnet50")
 
 

@@ -1,18 +1,9 @@
 """Every backbone family, registered explicitly in one place."""
 
 from exporter import registry
-from exporter.backbones import (
-    convnext,
-    densenet,
-    efficientnet,
-    inception,
-    mobilenet,
-    nasnet,
-    resnet,
-    vgg,
-)
+from exporter.backbones import efficientnet, mobilenet, resnet
 
-FAMILIES = (convnext, densenet, efficientnet, inception, mobilenet, nasnet, resnet, vgg)
+FAMILIES = (efficientnet, mobilenet, resnet)
 
 
 def register_all() -> None:

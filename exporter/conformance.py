@@ -153,7 +153,8 @@ def check(
     return _Checker(path, proto, task, allow_unsafe_ops, strict_metadata, loaded).run()
 
 
-def _close(actual, expected, rtol: float = _RTOL) -> bool:
+def close(actual, expected, rtol: float = _RTOL) -> bool:
+    """Whether ``actual`` equals ``expected`` within ``rtol`` of the expected output's scale."""
     actual, expected = np.asarray(actual), np.asarray(expected)
     if actual.shape != expected.shape:
         return False
@@ -364,14 +365,14 @@ class _Checker:
         alone = self._call(1, self.sizes[0])
         # _images(3, size) starts with the same first image as _images(1, size).
         in_batch = self._call(3, self.sizes[0])[:1]
-        if not _close(in_batch, alone):
+        if not close(in_batch, alone):
             return FAIL, "the first image's output changes when other images share its batch"
         return PASS, "the same alone and in a batch"
 
     def _deterministic(self):
         first = self._call(3, self.sizes[0])
         again = self._invoke(_images(3, self.sizes[0]), training=False)
-        if not _close(again, first, rtol=_REPEAT_RTOL):
+        if not close(again, first, rtol=_REPEAT_RTOL):
             return FAIL, "two inference calls on the same images differ"
         return PASS, "repeatable"
 
@@ -429,7 +430,7 @@ class _Checker:
         if len(outputs) != 1:
             return FAIL, f"serving_default has outputs {sorted(outputs)}; expected one"
         ((output_name, output),) = outputs.items()
-        if not _close(output, self._call(3, self.sizes[0])):
+        if not close(output, self._call(3, self.sizes[0])):
             return FAIL, f"serving_default output {output_name!r} differs from __call__"
         return PASS, f"{name!r} -> {output_name!r}, agrees with __call__"
 

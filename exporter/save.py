@@ -28,7 +28,6 @@ from exporter.progress import stage
 LABELS_FILE = "labels.txt"
 _TMP_TAG = "exporter-tmp"
 _OLD_TAG = "exporter-old"
-_VERIFY_RTOL = 1e-4
 
 
 def check_destination(out: str | os.PathLike, overwrite: bool) -> Path:
@@ -152,7 +151,7 @@ def verify(directory: Path, module: ImageModule) -> None:
             problems.append(
                 f"{name} gave {output.dtype.name} {output.shape}, expected float32 {expected.shape}"
             )
-        elif not _close(output.numpy(), expected):
+        elif not conformance.close(output.numpy(), expected):
             problems.append(f"{name} differs from the in-memory model")
     if len(loaded.variables) != len(module.variables):
         problems.append(
@@ -166,11 +165,6 @@ def verify(directory: Path, module: ImageModule) -> None:
     problems += [f"rule {r.rule}: {r.message}" for r in report.results if r.status == "fail"]
     if problems:
         raise ExportError(f"The export failed verification: {'; '.join(problems)}.")
-
-
-def _close(actual: np.ndarray, expected: np.ndarray) -> bool:
-    scale = max(float(np.max(np.abs(expected))), 1e-6)
-    return bool(np.all(np.abs(actual - expected) <= _VERIFY_RTOL * scale))
 
 
 def _move_into_place(tmp: Path, out: Path) -> None:

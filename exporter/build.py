@@ -11,7 +11,13 @@ import keras
 
 from exporter import registry
 from exporter.errors import ExportError
-from exporter.module import ClassifierModule, FeatureVectorModule, new_head
+from exporter.module import (
+    DEFAULT_DROPOUT,
+    ClassifierModule,
+    FeatureVectorModule,
+    HeadDropout,
+    new_head,
+)
 from exporter.progress import stage
 
 WEIGHT_SUFFIXES = (".weights.h5", ".keras")
@@ -94,15 +100,21 @@ def _weights_note(weights) -> str:
     return " with ImageNet weights" if weights == "imagenet" else ""
 
 
-def load_with_classifier(backbone: registry.Backbone, weights) -> tuple[keras.Model, keras.Model]:
+def load_with_classifier(
+    backbone: registry.Backbone, weights, dropout_rate: float | None = None
+) -> tuple[keras.Model, keras.Model]:
     """Build ``backbone`` with its own classifier, split into a free-size body and a head.
 
     Keras only builds a backbone's classifier at a static input size. The body is rebuilt
     on a free-size input from the very same layers, so it shares every weight. The head is
-    every layer after the last global pooling, with the final softmax removed.
+    every layer after the last global pooling, with the final softmax removed and its
+    dropout (if any) replaced by a ``HeadDropout`` right before the logits layer, so that
+    ``dropout_rate`` can tune it. A head that flattens a feature map (VGG) only works at the
+    native size: there the body is everything before the logits layer. ``dropout_rate``
+    replaces the head's own rate (default: its own, or 0.2 where it has none).
 
     Returns:
-        ``(body, head)``: a feature-map model and a model from pooled features to logits.
+        ``(body, head)``: a feature model and a model from its pooled output to logits.
     """
     weights = resolve_weights(weights)
     with stage(f"build {backbone.name} with its classifier{_weights_note(weights)}"):
@@ -114,22 +126,30 @@ def load_with_classifier(backbone: registry.Backbone, weights) -> tuple[keras.Mo
             include_top=True,
             classifier_activation=None,
         )
-    pools = [i for i, layer in enumerate(full.layers) if _is_global_pool(layer)]
+    logits = max(i for i, layer in enumerate(full.layers) if layer.weights)
     if backbone.classifier_fixed_size:
-        # The head flattens a feature map of the native size: keep the whole model.
-        return full, keras.layers.Identity(name="classifier")
-    if not pools:
-        raise ExportError(f"{backbone.name} has no global pooling before its classifier.")
-    pool = full.layers[pools[-1]]
-    size = backbone.native_size if backbone.fixed_size else None
-    body = keras.models.clone_model(
-        keras.Model(full.input, pool.input),
-        input_tensors=keras.Input((size, size, 3)),
-        clone_function=lambda layer: layer,
-        recursive=True,  # Nested models (ConvNeXt's stem) have a fixed Input of their own.
-    )
-    top = full.layers[pools[-1] + 1 :]
-    if getattr(pool, "keepdims", False):
+        cut, body = logits, keras.Model(full.input, full.layers[logits].input)
+    else:
+        pools = [i for i, layer in enumerate(full.layers[:logits]) if _is_global_pool(layer)]
+        if not pools:
+            raise ExportError(f"{backbone.name} has no global pooling before its classifier.")
+        cut, pool = pools[-1], full.layers[pools[-1]]
+        size = backbone.native_size if backbone.fixed_size else None
+        body = keras.models.clone_model(
+            keras.Model(full.input, pool.input),
+            input_tensors=keras.Input((size, size, 3)),
+            clone_function=lambda layer: layer,
+            recursive=True,  # Nested models (ConvNeXt's stem) have a fixed Input of their own.
+        )
+    top = full.layers[cut + 1 :]
+    rates = [layer.rate for layer in top if isinstance(layer, keras.layers.Dropout)]
+    if dropout_rate is None:
+        dropout_rate = rates[-1] if rates else DEFAULT_DROPOUT
+    dropout = HeadDropout(dropout_rate, name="head_dropout")
+    top = [layer for layer in top if not isinstance(layer, keras.layers.Dropout)]
+    place = top.index(full.layers[logits])
+    top = [*top[:place], dropout, *top[place:]]
+    if not backbone.classifier_fixed_size and getattr(pool, "keepdims", False):
         # Our pooled features are [batch, channels]; this head expects [batch, 1, 1, channels].
         top = [keras.layers.Reshape((1, 1, pool.input.shape[-1])), *top]
     return body, keras.Sequential(top, name="classifier")
@@ -212,6 +232,7 @@ def build_classifier(
     num_classes: int | None = None,
     labels: list[str] | None = None,
     weight_decay: float = 0.0,
+    dropout_rate: float | None = None,
 ) -> ClassifierModule:
     """Build the image classification module of a registered backbone.
 
@@ -223,6 +244,9 @@ def build_classifier(
         labels: One class name per class, shipped as the ``labels.txt`` asset; for the
             backbone's own classifier, ImageNet's class names by default.
         weight_decay: L2 penalty on every kernel of the backbone and the head.
+        dropout_rate: The default of the ``dropout_rate`` hparam, the dropout right before
+            the logits layer (active only with ``training=True``). ``None``: the
+            backbone's own top dropout, or 0.2.
 
     Example:
         >>> module = build_classifier("mobilenet_v2", weights=None, num_classes=5)
@@ -234,12 +258,14 @@ def build_classifier(
         labels = imagenet_labels()  # Its own classifier: ImageNet's 1000 classes.
     common = dict(labels=labels, **_facts_arguments(facts))
     if num_classes is None:
-        body, head = load_with_classifier(facts, weights)
+        body, head = load_with_classifier(facts, weights, dropout_rate)
         if facts.classifier_fixed_size:
             common.update(fixed_size=facts.native_size)
     else:
         body = load_backbone(facts, weights)
-        head = new_head(num_classes, facts.top_dropout)
+        if dropout_rate is None:
+            dropout_rate = facts.top_dropout or DEFAULT_DROPOUT
+        head = new_head(num_classes, dropout_rate)
         head.build((None, facts.num_features))  # Its kernel must exist for weight decay.
     add_weight_decay([body, head], weight_decay)
     return ClassifierModule(body, head=head, **common)

@@ -13,6 +13,7 @@ import keras
 import tensorflow as tf
 
 from exporter import preprocessing, spec
+from exporter.module import HPARAMS
 from exporter.version import VERSION
 
 METADATA_FILE = "assets.extra/metadata.json"
@@ -70,7 +71,10 @@ def metadata(module, signatures: list[str]) -> dict:
                 "apply no dropout to their output."
             ),
         },
-        "hparams": dict(module.hparams),
+        "hparams": {
+            name: {"default": default, "description": HPARAMS[name]}
+            for name, default in module.hparams.items()
+        },
         "tensorflow": {"exported_with": tf.__version__, "minimum": _tensorflow_minor()},
         "keras_version": keras.__version__,
         "exporter_version": VERSION,
@@ -106,10 +110,16 @@ def card(facts: dict) -> str:
             f"- **Output**: float32 [batch, {facts['num_features']}], the {facts['pooling']}-"
             "pooled last feature map; no dropout is applied."
         )
-    hparams = ", ".join(f"`{k}` (default {v})" for k, v in facts["hparams"].items()) or "none"
+    hparams = facts["hparams"]
     lines += [
         f"- **Fine-tuning**: {facts['fine_tuning']['notes']}",
-        f"- **Hyperparameters** (keyword arguments of `__call__`): {hparams}.",
+        "- **Hyperparameters** (keyword arguments of `__call__`, float scalars; for example "
+        "`hub.KerasLayer(path, trainable=True, arguments=dict(name=value))`):"
+        + (" none." if not hparams else ""),
+        *(
+            f"  - `{name}` (default {about['default']}): {about['description']}."
+            for name, about in hparams.items()
+        ),
         f"- **Signatures**: {', '.join(facts['signatures'])} (inference only, output "
         f"`{facts['output']['name']}`).",
         f"- **TensorFlow**: exported with {facts['tensorflow']['exported_with']}; needs "

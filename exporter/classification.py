@@ -3,7 +3,7 @@
 Usage:
     python -m exporter.classification --backbone=resnet50 --out=DIR
         [--num_classes=N] [--labels=FILE] [--weights=imagenet|none|PATH]
-        [--weight_decay=X] [--overwrite]
+        [--weight_decay=X] [--dropout_rate=R] [--overwrite]
 """
 
 from absl import flags
@@ -17,6 +17,15 @@ _NUM_CLASSES = flags.DEFINE_integer(
     "Width of a new Dense head on the pooled features. Unset: keep the backbone's own "
     "(ImageNet) classifier, with its softmax removed.",
     lower_bound=1,
+)
+_DROPOUT_RATE = flags.DEFINE_float(
+    "dropout_rate",
+    None,
+    "Default of the dropout_rate hparam: the dropout right before the logits layer, active "
+    "only with training=True; consumers can override it per call. Unset: the backbone's own "
+    "top dropout, or 0.2.",
+    lower_bound=0.0,
+    upper_bound=0.999,
 )
 _LABELS = flags.DEFINE_string(
     "labels", None, "Text file with one class name per line, shipped as assets/labels.txt."
@@ -33,6 +42,7 @@ def main(argv: list[str]) -> None:
             num_classes=_NUM_CLASSES.value,
             labels=_LABELS.value,
             weight_decay=cli.WEIGHT_DECAY.value,
+            dropout_rate=_DROPOUT_RATE.value,
             overwrite=cli.OVERWRITE.value,
         )
     )

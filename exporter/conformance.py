@@ -8,6 +8,7 @@ ops before anything is loaded or run.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 from pathlib import Path
 
@@ -27,6 +28,8 @@ RULES = {
     "training_argument": "__call__ takes `training` as a named argument.",
     "training_traced": "`training` is traced for both values, for every combination of the "
     "other arguments.",
+    "hparams": "Every other argument of __call__ (an hparam) is traced as a float scalar tensor "
+    "and has a Python default.",
     "input_dtype": "The images input is float32.",
     "input_layout": "The images input is rank 4, channels last, with 3 channels (NHWC).",
     "input_batch": "The batch dimension of the images input is free.",
@@ -297,6 +300,27 @@ class _Checker:
             )
         return PASS, f"both values traced for {len(groups)} argument combination(s)"
 
+    def _hparams(self):
+        defaults = self._hparam_defaults()
+        problems = []
+        for _, bound, names in self.functions:
+            for name in names[1:]:
+                value = bound.get(name)
+                if name == "training" or (name in defaults and _is_float_scalar(value)):
+                    continue
+                problems.append(f"{name} traced as {value!r}")
+        missing = sorted(k for k, v in defaults.items() if not isinstance(v, (int, float)))
+        problems += [f"{name} has no numeric Python default" for name in missing]
+        if problems:
+            return FAIL, "; ".join(sorted(set(problems))[:3]) + " (expected a float scalar tensor)"
+        listed = ", ".join(f"{k}={v}" for k, v in defaults.items())
+        return PASS, listed or "none"
+
+    def _hparam_defaults(self) -> dict:
+        """Each hparam's Python default, read from the restored __call__'s signature."""
+        parameters = list(inspect.signature(self.obj.__call__).parameters.values())[1:]
+        return {p.name: p.default for p in parameters if p.name != "training"}
+
     def _input_dtype(self):
         bad = {s.dtype.name for s in self._input_specs() if s.dtype != spec.IMAGE_DTYPE}
         if bad:
@@ -467,10 +491,15 @@ class _Checker:
             problems.append(f"metadata says task {facts['task']}, checked as {self.task}")
         if facts.get(key) != width:
             problems.append(f"{key} is {facts.get(key)}, the model outputs {width}")
-        hparams = set(facts.get("hparams") or {})
+        hparams = facts.get("hparams") or {}
         arguments = {n for _, _, names in self.functions for n in names[1:]} - {"training"}
-        if hparams != arguments:
+        if set(hparams) != arguments:
             problems.append(f"hparams {sorted(hparams)} but __call__ takes {sorted(arguments)}")
+        for name, default in self._hparam_defaults().items():
+            about = hparams.get(name, {"default": default})
+            stated = about.get("default") if isinstance(about, dict) else about
+            if stated != default:
+                problems.append(f"hparam {name} defaults to {default}, metadata says {stated}")
         labels_file = (facts.get("classes") or {}).get("labels_file")
         if labels_file and getattr(self.obj, "labels_file", None) is None:
             problems.append(f"metadata names {labels_file}, but no labels asset is reachable")
@@ -484,6 +513,10 @@ class _Checker:
         if checkable and _accepts(self.obj, minimum - 1):
             problems.append(f"min_size is {minimum}, but {minimum - 1}x{minimum - 1} is accepted")
         return problems
+
+
+def _is_float_scalar(value) -> bool:
+    return isinstance(value, tf.TensorSpec) and value.shape.rank == 0 and value.dtype.is_floating
 
 
 def _accepts(obj, size: int) -> bool:
@@ -514,6 +547,7 @@ _NEEDS: dict[str, tuple[str, ...]] = {
     "callable": ("loads",),
     "training_argument": ("callable",),
     "training_traced": ("training_argument",),
+    "hparams": ("training_argument",),
     "input_dtype": ("callable",),
     "input_layout": ("callable",),
     "input_batch": ("input_layout",),
@@ -528,5 +562,5 @@ _NEEDS: dict[str, tuple[str, ...]] = {
     "regularization_losses": ("loads",),
     "serving_default": (*_CALLS, "output_shape"),
     "labels": (*_CALLS, "output_shape"),
-    "metadata": (*_CALLS, "output_shape"),
+    "metadata": (*_CALLS, "output_shape", "hparams"),
 }

@@ -55,12 +55,15 @@ def export_classifier(
     num_classes: int | None = None,
     labels: str | os.PathLike | list[str] | None = None,
     weight_decay: float = 0.0,
+    dropout_rate: float | None = None,
     overwrite: bool = False,
 ) -> Path:
     """Export a registered backbone as an image classification SavedModel (logits).
 
     Args:
         labels: A list of class names, or the path of a file with one per line.
+        dropout_rate: The default of the ``dropout_rate`` hparam; ``None``: the backbone's
+            own top dropout, or 0.2.
 
     Example:
         >>> export_classifier("mobilenet_v2", "/tmp/cls", weights="none", num_classes=5)
@@ -78,8 +81,10 @@ def export_classifier(
             f"Expected one label per class ({expected} for {backbone}). "
             f"Received {len(labels)} labels."
         )
+    if dropout_rate is not None and not 0.0 <= dropout_rate < 1.0:
+        raise ExportError(f"Expected dropout_rate in [0, 1). Received: {dropout_rate!r}.")
     module = build_classifier(
         backbone, weights=weights, num_classes=num_classes, labels=labels,
-        weight_decay=weight_decay,
+        weight_decay=weight_decay, dropout_rate=dropout_rate,
     )  # fmt: skip
     return save(module, out, overwrite=overwrite)

@@ -1,12 +1,16 @@
 """The exported object: a ``tf.Module`` that keeps the reusable SavedModel image API.
 
 It wraps a Keras backbone (and, for classification, a head) and exposes exactly what
-``SPEC.md`` lists: ``__call__(images, training=False)``, ``variables``,
+``SPEC.md`` lists: ``__call__(images, training=False, **hparams)``, ``variables``,
 ``trainable_variables``, ``regularization_losses`` and a ``serving_default`` function.
 Saving lives in ``exporter.save``; nothing here writes files.
 """
 
 from __future__ import annotations
+
+import contextlib
+import inspect
+import warnings
 
 import keras
 import tensorflow as tf
@@ -16,6 +20,15 @@ from exporter.preprocessing import check_mode, preprocess
 
 POOLINGS = ("avg", "max")
 ACTIVATIONS = ("softmax", "sigmoid")
+HPARAM_SPEC = tf.TensorSpec([], tf.float32)
+# The dropout before the logits when a backbone has none of its own (issue 3).
+DEFAULT_DROPOUT = 0.2
+HPARAMS = {
+    "dropout_rate": "the rate of the dropout before the logits layer, in [0, 1); active only "
+    "with training=True",
+    "batch_norm_momentum": "the momentum of every batch norm's moving mean and variance, in "
+    "[0, 1]; they are updated only with training=True",
+}
 
 
 class _Hidden:
@@ -111,11 +124,98 @@ def feature_width(model, size: int) -> int:
     return int(output.shape[-1])
 
 
-def new_head(num_classes: int, dropout_rate: float = 0.0) -> keras.Sequential:
-    """A new classifier: ``Dropout(dropout_rate) -> Dense(num_classes)``, giving logits."""
+class HeadDropout(keras.layers.Layer):
+    """Dropout before the logits layer, whose rate the ``dropout_rate`` hparam can override.
+
+    Keras' own ``Dropout`` decides in Python whether its rate is zero, so it cannot take
+    the rate as a tensor; this one can. Active only with ``training=True``.
+    """
+
+    def __init__(self, rate: float, **kwargs):
+        super().__init__(**kwargs)
+        if not 0.0 <= rate < 1.0:
+            raise ValueError(f"Expected a dropout rate in [0, 1). Received: {rate!r}.")
+        self.rate = float(rate)
+        self.override = None  # A scalar tensor while an export traces __call__.
+
+    def call(self, inputs, training=None):
+        if not training:
+            return inputs
+        return tf.nn.dropout(inputs, rate=self.rate if self.override is None else self.override)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "rate": self.rate}
+
+
+def new_head(num_classes: int, dropout_rate: float = DEFAULT_DROPOUT) -> keras.Sequential:
+    """A new classifier: ``HeadDropout(dropout_rate) -> Dense(num_classes)``, giving logits."""
     return keras.Sequential(
-        [keras.layers.Dropout(dropout_rate), keras.layers.Dense(num_classes)], name="classifier"
+        [HeadDropout(dropout_rate, name="head_dropout"), keras.layers.Dense(num_classes)],
+        name="classifier",
     )
+
+
+def _sublayers(layer) -> list:
+    """``layer`` and every layer nested in it, for both Keras generations."""
+    if hasattr(layer, "_flatten_layers"):
+        return list(layer._flatten_layers(include_self=True, recursive=True))
+    return [layer]
+
+
+def _batch_norms(layers) -> list:
+    # Both Keras generations (and synchronized variants) keep these two attributes.
+    found = [s for layer in layers for s in _sublayers(layer)]
+    return _unique(s for s in found if hasattr(s, "moving_mean") and hasattr(s, "momentum"))
+
+
+def _shared(values, hparam: str):
+    """The one value all of ``values`` share, the hparam's default; None if there is none."""
+    values = sorted(set(values))
+    if len(values) > 1:
+        warnings.warn(
+            f"Not offering the {hparam} hparam: it needs one value for the whole model, and "
+            f"this one has {len(values)}: {values}.",
+            stacklevel=3,
+        )
+    return values[0] if len(values) == 1 else None
+
+
+def _checked(value, name: str, upper_inclusive: bool) -> tf.Tensor:
+    """``value`` as a float32 scalar that fails at run time unless it is in [0, 1) or [0, 1]."""
+    value = tf.convert_to_tensor(value, tf.float32)
+    upper = value <= 1.0 if upper_inclusive else value < 1.0
+    interval = "[0, 1]" if upper_inclusive else "[0, 1)"
+    check = tf.debugging.Assert(
+        tf.logical_and(value >= 0.0, upper), [f"Expected {name} in {interval}. Received:", value]
+    )
+    with tf.control_dependencies([check]):
+        return tf.identity(value)
+
+
+def _call_signature(hparams: dict) -> inspect.Signature:
+    """``(images, training=False, <hparam>=<default>, ...)``."""
+    names = {"images": inspect.Parameter.empty, "training": False, **hparams}
+    kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    return inspect.Signature([inspect.Parameter(k, kind, default=v) for k, v in names.items()])
+
+
+@contextlib.contextmanager
+def _overridden(layers, attribute: str, value):
+    """Set ``attribute`` of every layer to ``value`` while tracing, then restore it."""
+    if value is None:
+        yield
+        return
+    saved = [getattr(layer, attribute) for layer in layers]
+    try:
+        for layer in layers:
+            setattr(layer, attribute, value)
+        yield
+    finally:
+        for layer, old in zip(layers, saved, strict=True):
+            setattr(layer, attribute, old)
 
 
 class ImageModule(tf.Module):
@@ -174,36 +274,83 @@ class ImageModule(tf.Module):
         self.variables = _unique(tf_variable(v) for v in keras_variables)
         self.trainable_variables = _unique(tf_variable(v) for v in keras_trainable)
         self.regularization_losses = _regularization_losses(layers, keras_trainable)
+        dropouts = [s for s in _sublayers(head) if isinstance(s, HeadDropout)] if head else []
+        norms = _batch_norms(layers)
+        self._tunable = _Hidden(dropout_rate=dropouts, batch_norm_momentum=norms)
+        momenta = (float(n.momentum) for n in norms)
+        defaults = {
+            "dropout_rate": _shared((d.rate for d in dropouts), "dropout_rate"),
+            "batch_norm_momentum": _shared(momenta, "batch_norm_momentum"),
+        }
+        self._hparams = {k: v for k, v in defaults.items() if v is not None}
+        self._signature = _call_signature(self._hparams)
+
+        # Which hparams exist depends on the model, so the traced function is made here, with
+        # that signature: consumers read the argument names and defaults from it.
+        def call(*args, **kwargs):
+            return self._traced_call(*args, **kwargs)
+
+        call.__signature__ = self._signature
+        call.__doc__ = ImageModule.__call__.__doc__
+        # Found by the saver as the root's __call__, and traced only by trace(): exactly
+        # the traces the contract asks for are saved.
+        self.__dict__["__call__"] = tf.function(call, autograph=False)
+        # What calling the module in Python runs: its traces for other shapes stay unsaved.
+        self._local = _Hidden(call=tf.function(call, autograph=False))
 
     @property
     def hparams(self) -> dict:
-        """Keyword arguments of ``__call__`` that override a hyperparameter, with defaults."""
-        return {}
+        """Keyword arguments of ``__call__`` that override a hyperparameter, with defaults.
+
+        ``dropout_rate`` where the head has a ``HeadDropout``; ``batch_norm_momentum`` where
+        the model has batch norm (with one momentum throughout).
+        """
+        return dict(self._hparams)
 
     @property
     def keras_backbone(self) -> keras.Model:
         """The wrapped Keras backbone (not saved as such: its variables are)."""
         return self._keras.backbone
 
-    # No autograph: every branch here is on static facts, and autograph would re-wrap the
-    # contract's InvalidImagesError raised at trace time into a StagingError.
-    @tf.function(autograph=False)
-    def __call__(self, images, training=False):
+    def __call__(self, images, training=False, **hparams):
         """Map float32 RGB images in [0, 1], [batch, height, width, 3], to the task's output.
 
         Args:
             images: A float32 tensor [batch_size, height, width, 3], values in [0, 1].
             training: Python bool. True runs batch norm on batch statistics (updating its
                 moving averages) and turns dropout on, for fine-tuning.
+            **hparams: The module's ``hparams``, each a float scalar overriding its default.
 
         Returns:
             A float32 tensor [batch_size, num_features] or [batch_size, num_classes].
         """
+        arguments = self._bind(images, training, **hparams)
+        # Hparams go in as tensors, so every value reuses the two traces that get saved.
+        for name in self._hparams:
+            arguments[name] = tf.convert_to_tensor(arguments[name], tf.float32)
+        return self._local.call(**arguments)
+
+    def _bind(self, *args, **kwargs) -> dict:
+        try:
+            bound = self._signature.bind(*args, **kwargs)
+        except TypeError as error:
+            raise TypeError(
+                f"{error}. Expected __call__{self._signature}; this module's hparams are "
+                f"{sorted(self._hparams) or 'none'}."
+            ) from None
+        bound.apply_defaults()
+        return dict(bound.arguments)
+
+    # No autograph: every branch here is on static facts, and autograph would re-wrap the
+    # contract's InvalidImagesError raised at trace time into a StagingError.
+    def _traced_call(self, *args, **kwargs):
+        arguments = self._bind(*args, **kwargs)
+        images, training = arguments.pop("images"), arguments.pop("training")
         if not isinstance(training, bool):
             raise TypeError(f"Expected training to be a Python bool. Received: {training!r}.")
         # A restored __call__ re-infers shapes for each concrete input; a too-small image
         # would then fail inside the backbone before the size check could say what is wrong.
-        return self._forward(images, training=training, forget_size=True)
+        return self._forward(images, training=training, forget_size=True, hparams=arguments)
 
     @tf.function(input_signature=[spec.IMAGE_SPEC], autograph=False)
     def serve(self, images):
@@ -212,7 +359,7 @@ class ImageModule(tf.Module):
         # static size (which the TFLite converter cannot lower).
         return {self.output_name: self._forward(images, training=False, forget_size=False)}
 
-    def _forward(self, images, *, training: bool, forget_size: bool):
+    def _forward(self, images, *, training: bool, forget_size: bool, hparams=None):
         images = tf.convert_to_tensor(images)
         checks = spec.check_images(images, min_size=self.min_size, fixed_size=self.fixed_size)
         with tf.control_dependencies(checks):
@@ -223,22 +370,34 @@ class ImageModule(tf.Module):
             else:
                 images = tf.identity(images)
         inputs = preprocess(images, self.preprocessing)
-        # Our own scope first: a Keras name like "_my_model" is invalid as a root scope.
-        with tf.name_scope("backbone"):
-            features = self._keras.backbone(inputs, training=training)
-        if features.shape.rank == 4:
-            reduce = tf.reduce_mean if self.pooling == "avg" else tf.reduce_max
-            features = reduce(features, axis=[1, 2])
-        outputs = tf.cast(features, tf.float32)
-        if self._keras.head is not None:
-            with tf.name_scope("head"):
-                outputs = tf.cast(self._keras.head(outputs, training=training), tf.float32)
+        hparams = hparams or {}
+        rate, momentum = hparams.get("dropout_rate"), hparams.get("batch_norm_momentum")
+        if rate is not None:
+            rate = _checked(rate, "dropout_rate", upper_inclusive=False)
+        if momentum is not None:
+            momentum = _checked(momentum, "batch_norm_momentum", upper_inclusive=True)
+        with (
+            _overridden(self._tunable.dropout_rate, "override", rate),
+            _overridden(self._tunable.batch_norm_momentum, "momentum", momentum),
+        ):
+            # Our own scope first: a Keras name like "_my_model" is invalid as a root scope.
+            with tf.name_scope("backbone"):
+                features = self._keras.backbone(inputs, training=training)
+            if features.shape.rank == 4:
+                reduce = tf.reduce_mean if self.pooling == "avg" else tf.reduce_max
+                features = reduce(features, axis=[1, 2])
+            outputs = tf.cast(features, tf.float32)
+            if self._keras.head is not None:
+                with tf.name_scope("head"):
+                    outputs = tf.cast(self._keras.head(outputs, training=training), tf.float32)
         return outputs
 
     def trace(self) -> None:
-        """Trace ``__call__`` for both values of ``training`` on the contract's input spec."""
+        """Trace ``__call__`` for both training values, each hparam a float32 scalar."""
+        hparams = {name: HPARAM_SPEC for name in self._hparams}
+        traced = self.__dict__["__call__"]
         for training in (False, True):
-            self.__call__.get_concrete_function(spec.IMAGE_SPEC, training=training)
+            traced.get_concrete_function(spec.IMAGE_SPEC, training=training, **hparams)
         self.serve.get_concrete_function()
 
 
@@ -286,7 +445,8 @@ class ClassifierModule(ImageModule):
 
     The head is either ``head`` (a Keras layer from pooled features to logits, such as a
     backbone's own classifier with its softmax removed) or a new
-    ``Dropout(dropout_rate) -> Dense(num_classes)``. ``activation`` documents whether
+    ``HeadDropout(dropout_rate) -> Dense(num_classes)``. A ``HeadDropout`` in the head makes
+    ``dropout_rate`` an hparam of ``__call__``. ``activation`` documents whether
     softmax (mutually exclusive classes) or sigmoid (independent classes) applies to the
     logits; it is not applied.
 
@@ -305,7 +465,7 @@ class ClassifierModule(ImageModule):
         preprocessing: str,
         num_classes: int | None = None,
         head: keras.Layer | None = None,
-        dropout_rate: float = 0.0,
+        dropout_rate: float = DEFAULT_DROPOUT,
         labels: list[str] | None = None,
         activation: str = "softmax",
         pooling: str = "avg",

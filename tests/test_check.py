@@ -94,9 +94,13 @@ def _broken(broken: str, directory: Path) -> Path:
     def call_without_training(self, images):
         return _forward(self, images, False, broken)
 
+    def call_with_a_literal_hparam(self, images, training=False, dropout_rate=0.1):
+        return _forward(self, images, training, broken)  # dropout_rate traced as 0.1 itself.
+
     members = {}
     if broken != "callable":
         function = call if takes_training else call_without_training
+        function = call_with_a_literal_hparam if broken == "hparams" else function
         members["__call__"] = tf.function(function, autograph=False)
     model = type("Broken", (_Model,), members)()
     rng = np.random.default_rng(0)
@@ -147,6 +151,7 @@ CATALOGUE = {
     "callable": "callable",
     "training_argument": "training_argument",
     "training_traced": "training_traced",
+    "hparams": "hparams",
     "input_dtype": "input_dtype",
     "input_layout": "input_layout",
     "input_batch": "input_batch",

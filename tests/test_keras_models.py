@@ -88,3 +88,22 @@ def test_tf_keras_regularizers_are_kept(tmp_path):
     obj = tf.saved_model.load(str(exporter.save(module, tmp_path / "model")))
     penalties = [float(loss()) for loss in obj.regularization_losses]
     np.testing.assert_allclose(penalties, _l2([conv.kernel], 0.01), rtol=1e-5)
+
+
+def test_tf_keras_batch_norm_momentum_is_an_hparam(tmp_path):
+    import tf_keras
+
+    model = tf_keras.Sequential([tf_keras.Input((None, None, 3)), tf_keras.layers.Conv2D(4, 3),
+                                 tf_keras.layers.BatchNormalization(momentum=0.95)])  # fmt: skip
+    module = exporter.FeatureVectorModule(model, preprocessing="identity", min_size=8)
+    assert module.hparams == {"batch_norm_momentum": 0.95}
+    path = exporter.save(module, tmp_path / "model")
+    images = tf.constant(random_images(4, 16))
+    moved = {}
+    for momentum in (0.9, 0.99):
+        obj = tf.saved_model.load(str(path))
+        mean = next(v for v in obj.variables if "moving_mean" in v.name)
+        before = mean.numpy()
+        obj(images, training=True, batch_norm_momentum=momentum)
+        moved[momentum] = np.sum(np.abs(mean.numpy() - before))
+    np.testing.assert_allclose(moved[0.9] / moved[0.99], 10.0, rtol=1e-3)

@@ -291,6 +291,7 @@ class ImageModule(tf.Module):
             return self._traced_call(*args, **kwargs)
 
         call.__signature__ = self._signature
+        call.__name__ = call.__qualname__ = "__call__"  # Names its graph functions.
         call.__doc__ = ImageModule.__call__.__doc__
         # Found by the saver as the root's __call__, and traced only by trace(): exactly
         # the traces the contract asks for are saved.

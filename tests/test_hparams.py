@@ -35,9 +35,12 @@ def test_defaults_are_python_values_in_the_signature_and_the_card(export):
     assert list(parameters) == ["images", "training", "dropout_rate", "batch_norm_momentum"]
     assert parameters["dropout_rate"].default == 0.2
     assert parameters["batch_norm_momentum"].default == 0.999
+    assert len(obj.__call__.concrete_functions) == 2  # training=False and True, nothing else.
     for concrete in obj.__call__.concrete_functions:
-        _, kwargs = concrete.structured_input_signature
-        assert kwargs["dropout_rate"] == tf.TensorSpec([], tf.float32, name="dropout_rate")
+        args, kwargs = concrete.structured_input_signature
+        bound = dict(zip(concrete.function_type.parameters, args, strict=False)) | kwargs
+        for name in ("dropout_rate", "batch_norm_momentum"):
+            assert bound[name] == tf.TensorSpec([], tf.float32, name=name)
     hparams = _metadata(path)["hparams"]
     assert {k: v["default"] for k, v in hparams.items()} == {
         "dropout_rate": 0.2,

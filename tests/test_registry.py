@@ -15,6 +15,27 @@ def test_list_backbones_is_sorted_and_has_the_core_three():
     assert {"resnet50", "mobilenet_v2", "efficientnet_b0"} <= set(names)
 
 
+# Every image backbone of keras.applications 3.15, as issue 3 lists them.
+ZOO = (
+    [f"convnext_{size}" for size in ("tiny", "small", "base", "large", "xlarge")]
+    + ["densenet121", "densenet169", "densenet201"]
+    + [f"efficientnet_b{i}" for i in range(8)]
+    + [f"efficientnet_v2_{v}" for v in ("b0", "b1", "b2", "b3", "s", "m", "l")]
+    + ["inception_v3", "inception_resnet_v2"]
+    + ["mobilenet", "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large"]
+    + ["nasnet_mobile", "nasnet_large"]
+    + ["resnet50", "resnet101", "resnet152", "resnet50_v2", "resnet101_v2", "resnet152_v2"]
+    + ["vgg16", "vgg19", "xception"]
+)
+
+
+def test_every_keras_applications_image_backbone_is_registered():
+    assert len(ZOO) == 40
+    assert exporter.list_backbones() == sorted(ZOO)
+    fixed = [name for name in ZOO if exporter.get_backbone(name).fixed_size]
+    assert fixed == ["nasnet_mobile", "nasnet_large"]
+
+
 def test_unknown_name_lists_known_ones():
     with pytest.raises(
         exporter.ExportError, match=r"Unknown backbone 'resnet5'; known: .*resnet50"

@@ -1,9 +1,18 @@
 """Every backbone family, registered explicitly in one place."""
 
 from exporter import registry
-from exporter.backbones import efficientnet, mobilenet, resnet
+from exporter.backbones import (
+    convnext,
+    densenet,
+    efficientnet,
+    inception,
+    mobilenet,
+    nasnet,
+    resnet,
+    vgg,
+)
 
-FAMILIES = (efficientnet, mobilenet, resnet)
+FAMILIES = (convnext, densenet, efficientnet, inception, mobilenet, nasnet, resnet, vgg)
 
 
 def register_all() -> None:

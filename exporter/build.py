@@ -128,7 +128,7 @@ def load_with_classifier(
         )
     logits = max(i for i, layer in enumerate(full.layers) if layer.weights)
     if backbone.classifier_fixed_size:
-        cut, body = logits, keras.Model(full.input, full.layers[logits].input)
+        cut, body = logits - 1, keras.Model(full.input, full.layers[logits].input)
     else:
         pools = [i for i, layer in enumerate(full.layers[:logits]) if _is_global_pool(layer)]
         if not pools:

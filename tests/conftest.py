@@ -25,6 +25,38 @@ BACKBONES = exporter.list_backbones()
 CORE = ("efficientnet_b0", "mobilenet_v2", "resnet50")
 
 
+ZOO_TEST = "test_backbone_end_to_end"
+_zoo: dict = {}
+
+
+def pytest_collection_finish(session):
+    """Start the zoo's processes as soon as it is known which backbones were selected."""
+    from zoo_runner import ZooRunner
+
+    names = [
+        item.callspec.params["name"]
+        for item in session.items
+        if getattr(item, "originalname", None) == ZOO_TEST
+    ]
+    if names and not session.config.option.collectonly:
+        jobs = int(os.environ.get("EXPORTER_ZOO_JOBS", "2"))
+        _zoo["runner"] = ZooRunner(names, REPO, jobs)
+
+
+def pytest_sessionfinish(session):
+    if "runner" in _zoo:
+        _zoo.pop("runner").stop()
+
+
+@pytest.fixture(scope="session")
+def zoo():
+    """The background zoo runner (see zoo_runner.py); None if no zoo test was selected."""
+    runner = _zoo.get("runner")
+    if runner is not None:
+        runner.release()  # The zoo's tests come last: the rest of the suite is done.
+    return runner
+
+
 def random_images(batch: int, size: int, seed: int = 0) -> np.ndarray:
     """Float32 RGB images in [0, 1], the contract's input."""
     return np.random.default_rng(seed).random((batch, size, size, 3), dtype=np.float32)

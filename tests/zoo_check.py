@@ -27,7 +27,6 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import exporter  # noqa: E402
-from exporter import conformance  # noqa: E402
 
 
 def random_images(batch: int, size: int, seed: int = 0) -> np.ndarray:
@@ -120,11 +119,8 @@ def check_feature_vector(name: str, scratch: Path) -> None:
 def check_own_classifier(name: str, scratch: Path) -> None:
     facts = exporter.get_backbone(name)
     reference, weights = reference_and_weights(name, scratch, include_top=True)
-    # Exporting runs every conformance rule with the card required; check again, to be sure.
+    # Exporting runs every conformance rule, with the card required, and fails on any.
     path = exporter.export_classifier(name, scratch / "classifier", weights=weights)
-    report = conformance.check(path, strict_metadata=True)
-    assert report.failed() == [], report.to_text()
-    assert report.task == "image_classification"
     metadata = json.loads((Path(path) / "assets.extra" / "metadata.json").read_text())
     assert metadata["num_classes"] == facts.num_classes
     assert metadata["classes"]["activation"] == "softmax"

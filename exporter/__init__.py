@@ -9,7 +9,7 @@ from exporter import backbones as _backbones
 from exporter.build import build_classifier, build_feature_vector, imagenet_labels, load_backbone
 from exporter.errors import ExportError
 from exporter.export import export_classifier, export_feature_vector, read_labels
-from exporter.module import ClassifierModule, FeatureVectorModule, ImageModule
+from exporter.module import ClassifierModule, FeatureVectorModule, HeadDropout, ImageModule
 from exporter.registry import Backbone
 from exporter.registry import get as get_backbone
 from exporter.registry import names as list_backbones
@@ -23,6 +23,7 @@ __all__ = [
     "ClassifierModule",
     "ExportError",
     "FeatureVectorModule",
+    "HeadDropout",
     "ImageModule",
     "InvalidImagesError",
     "build_classifier",

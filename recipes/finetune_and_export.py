@@ -56,8 +56,9 @@ def finetune(
     )
     class_names = list(data.class_names)
     body = exporter.load_backbone(facts, weights)
+    # HeadDropout rather than keras.layers.Dropout: the export then takes `dropout_rate`.
     head = keras.Sequential(
-        [keras.layers.Dropout(0.2), keras.layers.Dense(len(class_names))], name="classifier"
+        [exporter.HeadDropout(0.2), keras.layers.Dense(len(class_names))], name="classifier"
     )
     pixels = keras.Input((image_size, image_size, 3))
     preprocess_input = getattr(keras.applications, facts.family).preprocess_input

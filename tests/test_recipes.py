@@ -1,5 +1,6 @@
 """The recipes run end to end on a tiny image folder made here."""
 
+import inspect
 import os
 import subprocess
 import sys
@@ -43,6 +44,10 @@ def test_finetune_and_export_recipe(image_folder, tmp_path):
     assert feature_vector(images).shape == (3, 1280)
     labels = Path(classifier.labels_file.asset_path.numpy().decode())
     assert labels.read_text().splitlines() == list(CLASSES)
+    # Its head's HeadDropout makes dropout_rate an hparam; MobileNetV2 brings the momentum.
+    parameters = inspect.signature(classifier.__call__).parameters
+    assert parameters["dropout_rate"].default == 0.2
+    assert parameters["batch_norm_momentum"].default == 0.999
 
 
 def test_export_reproduces_the_finetuned_keras_model(image_folder, tmp_path):

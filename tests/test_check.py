@@ -208,6 +208,24 @@ def test_metadata_that_disagrees_with_our_export(export, tmp_path):
     assert "num_features is 1281, the model outputs 1280" in report.to_text()
 
 
+@pytest.mark.parametrize("change", ["default", "missing"])
+def test_metadata_hparams_must_match_the_call_signature(export, tmp_path, change):
+    copy = tmp_path / "model"
+    shutil.copytree(export("feature_vector", "mobilenet_v2", "none"), copy)
+    path = copy / "assets.extra" / "metadata.json"
+    facts = json.loads(path.read_text())
+    if change == "default":
+        facts["hparams"]["batch_norm_momentum"]["default"] = 0.9
+        expected = "hparam batch_norm_momentum defaults to 0.999, metadata says 0.9"
+    else:
+        facts["hparams"] = {}
+        expected = "hparams [] but __call__ takes ['batch_norm_momentum']"
+    path.write_text(json.dumps(facts))
+    report = conformance.check(copy)
+    assert report.failed() == ["metadata"], report.to_text()
+    assert expected in report.to_text()
+
+
 def test_exporter_refuses_a_model_that_breaks_a_rule(tmp_path):
     inputs = keras.Input((None, None, 3))
     features = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3)(inputs))

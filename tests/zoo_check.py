@@ -137,6 +137,9 @@ def check_own_classifier(name: str, scratch: Path) -> None:
     if not (facts.fixed_size or facts.classifier_fixed_size):
         small = obj(tf.constant(random_images(1, facts.min_size)), training=True)
         assert small.shape == (1, facts.num_classes), small.shape
+    else:  # A head fixed at the native size refuses any other, saying which it needs.
+        with _raises(f"exactly {facts.native_size}"):
+            obj(tf.zeros([1, facts.native_size - 1, facts.native_size, 3]))
 
 
 @contextlib.contextmanager

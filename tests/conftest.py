@@ -45,7 +45,15 @@ def pytest_collection_finish(session):
 
 def pytest_sessionfinish(session):
     if "runner" in _zoo:
-        _zoo.pop("runner").stop()
+        _zoo["runner"].stop()
+
+
+def pytest_terminal_summary(terminalreporter):
+    """How long each backbone's zoo process took: the CI log shows where time goes."""
+    if "runner" in _zoo and _zoo["runner"].lines:
+        terminalreporter.section("zoo processes")
+        for line in _zoo["runner"].lines:
+            terminalreporter.write_line(line)
 
 
 @pytest.fixture(scope="session")

@@ -26,12 +26,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from conftest import random_images  # noqa: E402  (this script's folder is on sys.path)
 
 import exporter  # noqa: E402
-
-
-def random_images(batch: int, size: int, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).random((batch, size, size, 3), dtype=np.float32)
 
 
 def reference_and_weights(name: str, directory: Path, include_top: bool):

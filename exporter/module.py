@@ -294,7 +294,9 @@ class ImageModule(tf.Module):
         call.__name__ = call.__qualname__ = "__call__"  # Names its graph functions.
         call.__doc__ = ImageModule.__call__.__doc__
         # Found by the saver as the root's __call__, and traced only by trace(): exactly
-        # the traces the contract asks for are saved.
+        # the traces the contract asks for are saved. No autograph: every branch in it is on
+        # static facts, and autograph would re-wrap the contract's InvalidImagesError raised
+        # at trace time into a StagingError.
         self.__dict__["__call__"] = tf.function(call, autograph=False)
         # What calling the module in Python runs: its traces for other shapes stay unsaved.
         self._local = _Hidden(call=tf.function(call, autograph=False))
@@ -342,8 +344,6 @@ class ImageModule(tf.Module):
         bound.apply_defaults()
         return dict(bound.arguments)
 
-    # No autograph: every branch here is on static facts, and autograph would re-wrap the
-    # contract's InvalidImagesError raised at trace time into a StagingError.
     def _traced_call(self, *args, **kwargs):
         arguments = self._bind(*args, **kwargs)
         images, training = arguments.pop("images"), arguments.pop("training")

@@ -127,16 +127,77 @@ def weights_file(workdir):
     return make
 
 
+def calibrate_batch_norm(model, images: np.ndarray) -> None:
+    """Set every batch norm's moving statistics to those of ``images`` (SPEC.md's trap).
+
+    Fresh random weights make deep backbones' features vanish (MobileNetV2 about 1e-11), so
+    a parity check with an absolute tolerance would pass whatever the code does. One
+    ``training=True`` pass at momentum 0 normalizes every layer, giving features of order 1.
+    """
+    norms = [
+        layer
+        for layer in model._flatten_layers(include_self=False, recursive=True)
+        if isinstance(layer, keras.layers.BatchNormalization)
+    ]
+    momenta = [layer.momentum for layer in norms]
+    for layer in norms:
+        layer.momentum = 0.0
+    model(images, training=True)
+    for layer, momentum in zip(norms, momenta, strict=True):
+        layer.momentum = momentum
+
+
 @pytest.fixture(scope="session")
-def export(workdir, weights_file):
-    """Export (once per session) a backbone; ``weights='file'`` uses ``weights_file``."""
+def calibrated_weights(workdir):
+    """Make (once) a weights file whose batch norm is calibrated: features of real scale."""
+    cache = {}
+
+    def make(name: str, include_top: bool = False) -> Path:
+        key = (name, include_top)
+        if key not in cache:
+            keras.utils.set_random_seed(zlib.crc32(name.encode()))
+            facts = exporter.get_backbone(name)
+            size = facts.native_size if include_top or facts.fixed_size else 64
+            model = keras_reference_for_weights(facts, include_top)
+            calibrate_batch_norm(model, facts_images(facts, size))
+            path = workdir / f"{name}-{'top' if include_top else 'notop'}-calibrated.weights.h5"
+            model.save_weights(path)
+            cache[key] = path
+        return cache[key]
+
+    return make
+
+
+def keras_reference_for_weights(facts, include_top: bool) -> keras.Model:
+    if include_top:
+        return facts.build(include_top=True, weights=None, classifier_activation=None)
+    size = facts.native_size if facts.fixed_size else None
+    return facts.build(include_top=False, weights=None, input_shape=(size, size, 3))
+
+
+def facts_images(facts, size: int) -> np.ndarray:
+    """A batch of 8 random images as ``facts``' family expects them (its preprocess_input)."""
+    family = getattr(keras.applications, facts.family)
+    return family.preprocess_input(random_images(8, size, seed=7) * 255.0)
+
+
+@pytest.fixture(scope="session")
+def export(workdir, weights_file, calibrated_weights):
+    """Export (once per session) a backbone.
+
+    ``weights='file'`` uses ``weights_file`` (random batch-norm statistics),
+    ``weights='calibrated'`` uses ``calibrated_weights`` (features of order 1: use it for
+    parity checks), anything else is passed on (``'none'``, a path).
+    """
     cache = {}
 
     def run(task: str, name: str, weights: str = "file", **kwargs) -> Path:
         key = (task, name, weights, repr(sorted(kwargs.items())))
         if key not in cache:
             own_head = task == "classification" and kwargs.get("num_classes") is None
-            source = weights_file(name, include_top=own_head) if weights == "file" else weights
+            makers = {"file": weights_file, "calibrated": calibrated_weights}
+            maker = makers.get(weights)
+            source = maker(name, include_top=own_head) if maker else weights
             out = workdir / "exports" / f"{task}-{name}-{weights}-{len(cache)}"
             if task == "feature_vector":
                 cache[key] = exporter.export_feature_vector(name, out, weights=source, **kwargs)

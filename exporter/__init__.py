@@ -5,6 +5,10 @@ Example:
     >>> exporter.export_feature_vector("resnet50", "/tmp/resnet50", weights="none")
 """
 
+from exporter import console as _console
+
+_console.quiet_native_logs()  # Before anything imports TensorFlow.
+
 from exporter import backbones as _backbones
 from exporter.build import build_classifier, build_feature_vector, imagenet_labels, load_backbone
 from exporter.errors import ExportError

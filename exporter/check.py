@@ -15,7 +15,7 @@ import sys
 
 from absl import app, flags
 
-from exporter import conformance
+from exporter import conformance, console
 
 _TASK = flags.DEFINE_enum(
     "task", None, list(conformance.TASKS), "The task to check as; default: from the metadata."
@@ -38,6 +38,7 @@ def _parse(argv: list[str]) -> list[str]:
 
 
 def main(argv: list[str]) -> int:
+    console.quiet_python_logs()
     if _LIST_RULES.value:
         for rule, text in conformance.RULES.items():
             print(f"{rule}: {text}")

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import logging as std_logging
 import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from absl import app, flags, logging
+from absl import app, flags
 
-from exporter import build, registry
+from exporter import build, console, progress, registry
 from exporter.errors import ExportError
 
 BACKBONE = flags.DEFINE_string(
@@ -45,6 +44,7 @@ def _interrupt(signum, frame):
 
 def run(export: Callable[[], Path]) -> None:
     """Run one export; print one line and exit non-zero on any user-facing failure."""
+    console.quiet_python_logs()
     if LIST_BACKBONES.value:
         print(registry.table())
         return
@@ -59,15 +59,13 @@ def run(export: Callable[[], Path]) -> None:
         if not _interrupted:
             raise
         sys.exit("error: interrupted; the output directory was left as it was.")
-    logging.info("exported to %s", path)
+    progress.logger.info("exported to %s", path)
 
 
 def start(main: Callable[[list[str]], None]) -> None:
     """Run ``main`` under absl with SIGINT and SIGTERM unwinding cleanly."""
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, _interrupt)
-    # TensorFlow's own INFO lines (e.g. one per captured variable name) drown the stages.
-    std_logging.getLogger("tensorflow").setLevel(std_logging.WARNING)
     app.run(main)
 
 

@@ -218,8 +218,12 @@ def tree_state(root: Path) -> dict[str, tuple[int, int]]:
 
 
 def run_cli(module: str, *flags: str, env: dict | None = None, timeout: int = 600):
-    """Run ``python -m exporter.<module>`` from the repository; return the finished process."""
+    """Run ``python -m exporter.<module>`` from the repository; return the finished process.
+
+    ``env`` adds to the environment; a value of None removes that variable.
+    """
     environ = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
+    environ = {name: value for name, value in environ.items() if value is not None}
     return subprocess.run(
         [sys.executable, "-m", f"exporter.{module}", *flags],
         cwd=REPO,

@@ -1,10 +1,16 @@
 """The CLIs: a working export, and every failure as one line, no traceback, no change on disk."""
 
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import tensorflow as tf
-from conftest import run_cli, tree_state
+from conftest import REPO, run_cli, tree_state
+
+from exporter import console
 
 # A closed local port as proxy makes Keras' real ImageNet download fail fast, online or not.
 NO_NETWORK = {"HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9",
@@ -13,13 +19,46 @@ NO_NETWORK = {"HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0
 
 def test_feature_vector_cli_exports_and_logs_each_stage(tmp_path):
     out = tmp_path / "nested" / "mobilenet_v2"
-    done = run_cli("feature_vector", "--backbone=mobilenet_v2", "--weights=none", f"--out={out}")
+    # As a new user runs it: no TF_CPP_MIN_LOG_LEVEL of their own (the suite sets one).
+    done = run_cli(
+        "feature_vector", "--backbone=mobilenet_v2", "--weights=none", f"--out={out}",
+        env={"TF_CPP_MIN_LOG_LEVEL": None},
+    )  # fmt: skip
     assert done.returncode == 0, done.stderr
     for stage in ("build mobilenet_v2", "trace", "save", "verify"):
         assert f"{stage} done in" in done.stderr
+    # Quiet by default: our stage lines and the result, none of TensorFlow's own logging.
+    lines = done.stderr.splitlines()
+    assert lines and all(STAGE_LINE.match(line) for line in lines), done.stderr
+    assert lines[-1].endswith(f"exported to {out}"), lines[-1]
     obj = tf.saved_model.load(str(out))
     assert obj(tf.zeros([2, 32, 32, 3])).shape == (2, 1280)
     assert sorted(p.name for p in out.parent.iterdir()) == ["mobilenet_v2"]
+
+
+STAGE_LINE = re.compile(r"I\d{4} [\d:.]+ +\d+ (progress|cli)\.py:\d+\] ")
+
+
+def test_verbosity_flag_brings_tensorflow_logging_back():
+    # Importing exporter quiets TensorFlow's C++ logging only in our own CLIs, and not with
+    # -v / --verbosity (any value) or a level the user set.
+    code = (
+        "import os, sys; sys.orig_argv = sys.argv[1:]; import exporter; "
+        "print(os.environ.get('TF_CPP_MIN_LOG_LEVEL'))"
+    )
+    cases = {
+        ("python", "-m", "exporter.check", "DIR"): "3",
+        ("python", "-m", "exporter.feature_vector", "-v", "1"): "None",
+    }
+    clean = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    for argv, expected in cases.items():
+        done = subprocess.run(
+            [sys.executable, "-c", code, *argv], env={**clean, "PYTHONPATH": str(REPO)},
+            capture_output=True, text=True, timeout=300, cwd=REPO,
+        )  # fmt: skip
+        assert done.stdout.strip() == expected, (argv, done.stdout, done.stderr[-2000:])
+    assert console.verbose(["prog", "--verbosity=0"]) and not console.verbose(["prog", "-x"])
+    assert not console.running_cli(["python", "-m", "pytest", "tests"])
 
 
 def test_classification_cli_with_labels_and_weights_file(tmp_path, weights_file):

@@ -39,6 +39,11 @@ def check_destination(out: str | os.PathLike, overwrite: bool) -> Path:
     out = Path(out).expanduser().absolute()
     if out.exists() and not out.is_dir():
         raise ExportError(f"Expected --out to be a directory path. Received a file: {out}.")
+    ancestor = next(parent for parent in out.parents if parent.exists())
+    if not ancestor.is_dir():
+        raise ExportError(
+            f"Expected --out inside a directory. Received {out}, but {ancestor} is a file."
+        )
     if out.is_dir() and any(out.iterdir()):
         if not overwrite:
             raise ExportError(
@@ -71,21 +76,24 @@ def save(module: ImageModule, out: str | os.PathLike, *, overwrite: bool = False
         PosixPath('/tmp/mobilenet_v2')
     """
     out = check_destination(out, overwrite)
-    created = _make_parents(out.parent)
+    created = []
     tmp = None
     try:
-        _sweep_leftovers(out)
-        tmp = Path(
-            tempfile.mkdtemp(prefix=f".{out.name}.{_TMP_TAG}-{os.getpid()}-", dir=out.parent)
-        )
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp's 0700 would otherwise reach `out`.
+        with _explained_io_errors(out):
+            created = _make_parents(out.parent)
+            _sweep_leftovers(out)
+            tmp = Path(
+                tempfile.mkdtemp(prefix=f".{out.name}.{_TMP_TAG}-{os.getpid()}-", dir=out.parent)
+            )
+            os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp's 0700 would otherwise reach `out`.
         with stage("trace"):
             module.trace()
-        with stage("save"):
+        with stage("save"), _explained_io_errors(out):
             _write(module, tmp)
         with stage("verify"):
             verify(tmp, module)
-        _move_into_place(tmp, out)
+        with _explained_io_errors(out):
+            _move_into_place(tmp, out)
     except BaseException:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -94,6 +102,27 @@ def save(module: ImageModule, out: str | os.PathLike, *, overwrite: bool = False
                 directory.rmdir()
         raise
     return out
+
+
+@contextlib.contextmanager
+def _explained_io_errors(out: Path):
+    """Turn a failed write (full disk, file-size limit, permissions) into one ExportError.
+
+    TensorFlow reports a full disk or a file-size limit from deep inside ``SaveV2`` as an
+    ``OutOfRangeError`` (TF 2.21); the user needs the cause and that ``out`` is unchanged.
+    """
+    try:
+        yield
+    except (OSError, tf.errors.OpError) as error:
+        cause = error.message if isinstance(error, tf.errors.OpError) else str(error)
+        # "{{function_node ...}} PATH; File too large [Op:SaveV2]": keep the path and reason.
+        cause = re.sub(r"\{\{.*?\}\}|\[Op:\w+\]", "", cause).strip()
+        cause = cause.splitlines()[0] if cause else type(error).__name__
+        raise ExportError(
+            f"Could not write the export beside {out} ({type(error).__name__}: {cause}). "
+            f"Nothing was changed at {out}; check the free space, the file-size limit "
+            "(ulimit -f) and the permissions of its parent directory."
+        ) from error
 
 
 def _umask() -> int:

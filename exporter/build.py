@@ -13,6 +13,7 @@ from exporter import registry
 from exporter.errors import ExportError
 from exporter.module import (
     DEFAULT_DROPOUT,
+    POOLINGS,
     ClassifierModule,
     FeatureVectorModule,
     HeadDropout,
@@ -81,18 +82,34 @@ def load_weights_file(model: keras.Model, path: Path, architecture: str, hint: s
         ) from error
 
 
-def load_backbone(backbone: str | registry.Backbone, weights="imagenet") -> keras.Model:
+def load_backbone(
+    backbone: str | registry.Backbone, weights="imagenet", pooling: str | None = None
+) -> keras.Model:
     """Build ``backbone`` without its classifier, at any input size, with ``weights``.
+
+    Args:
+        backbone: A registered name or fact sheet.
+        weights: ``'imagenet'``, ``'none'``/``None``, or a ``.weights.h5``/``.keras`` path.
+        pooling: ``None`` for the last feature map, or ``'avg'``/``'max'`` for pooled
+            features. A family that normalizes after pooling (ConvNeXt) is always built
+            pooled (``'avg'`` unless given): its bottleneck is the norm of the pooled map,
+            and its unpooled output is normalized per position instead.
 
     Example:
         >>> model = load_backbone("mobilenet_v2", weights="none")  # For training in Keras.
     """
     if isinstance(backbone, str):
         backbone = registry.get(backbone)
+    if pooling is not None and pooling not in POOLINGS:
+        raise ExportError(f"Unknown pooling {pooling!r}; known: {', '.join(POOLINGS)}.")
+    if backbone.norm_after_pooling:
+        pooling = pooling or "avg"
     size = backbone.native_size if backbone.fixed_size else None
     weights = resolve_weights(weights)
     with stage(f"build {backbone.name}{_weights_note(weights)}"):
-        model = _construct(backbone, weights, include_top=False, input_shape=(size, size, 3))
+        model = _construct(
+            backbone, weights, include_top=False, input_shape=(size, size, 3), pooling=pooling
+        )
     return model
 
 
@@ -209,13 +226,16 @@ def build_feature_vector(
         1280
     """
     facts = registry.get(backbone)
-    model = load_backbone(facts, weights)
+    # Families that normalize after pooling pool inside Keras; the rest are pooled by the
+    # module, which keeps the feature map for heads that need it.
+    model = load_backbone(facts, weights, pooling if facts.norm_after_pooling else None)
     add_weight_decay([model], weight_decay)
-    return FeatureVectorModule(model, pooling=pooling, **_facts_arguments(facts))
+    return FeatureVectorModule(model, pooling=pooling, **_facts_arguments(facts, pooling))
 
 
-def _facts_arguments(facts: registry.Backbone) -> dict:
+def _facts_arguments(facts: registry.Backbone, pooling: str = "avg") -> dict:
     return dict(
+        bottleneck=facts.bottleneck(pooling),
         preprocessing=facts.preprocessing,
         min_size=facts.min_size,
         fixed_size=facts.native_size if facts.fixed_size else None,

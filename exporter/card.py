@@ -61,6 +61,7 @@ def metadata(module, signatures: list[str]) -> dict:
             "description": preprocessing.DESCRIPTIONS[module.preprocessing],
         },
         "pooling": module.pooling,
+        "bottleneck": module.bottleneck,
         "output": {"name": module.output_name, "dtype": "float32"},
         "fine_tuning": {
             "fine_tunable": True,
@@ -107,8 +108,8 @@ def card(facts: dict) -> str:
         )
     else:
         lines.append(
-            f"- **Output**: float32 [batch, {facts['num_features']}], the {facts['pooling']}-"
-            "pooled last feature map; no dropout is applied."
+            f"- **Output**: float32 [batch, {facts['num_features']}], {facts['bottleneck']}; "
+            "no dropout is applied."
         )
     hparams = facts["hparams"]
     lines += [

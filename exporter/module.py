@@ -224,6 +224,12 @@ class ImageModule(tf.Module):
     The backbone is a Keras 3 model (functional, sequential or subclassed) or a tf-keras
     (Keras 2) model. Use ``FeatureVectorModule`` or ``ClassifierModule``; this base holds
     what they share.
+
+    A backbone whose output is a feature map is pooled here (``pooling``); one that outputs
+    ``[batch, features]`` already pooled inside (and perhaps normalized after, as ConvNeXt
+    does), and then ``pooling`` and ``bottleneck`` only document what it does. ``bottleneck``
+    says what the features are, for the model card; default: "the <pooling>-pooled last
+    feature map".
     """
 
     # tf.Module defines these as computed properties; the reusable SavedModel API needs them
@@ -245,6 +251,7 @@ class ImageModule(tf.Module):
         native_size: int | None = None,
         source: str | None = None,
         name: str | None = None,
+        bottleneck: str | None = None,
     ):
         super().__init__(name=name)
         if not isinstance(backbone, keras.Model) and not is_tf_keras(backbone):
@@ -259,6 +266,8 @@ class ImageModule(tf.Module):
         self.output_name = output_name
         self.preprocessing = check_mode(preprocessing)
         self.pooling = pooling
+        # What the pooled features are, for the model card (a backbone may pool inside).
+        self.bottleneck = bottleneck or f"the {pooling}-pooled last feature map"
         self.min_size = int(min_size)
         self.fixed_size = fixed_size
         self.native_size = int(fixed_size or native_size or min_size)
@@ -426,6 +435,7 @@ class FeatureVectorModule(ImageModule):
         native_size: int | None = None,
         source: str | None = None,
         name: str | None = None,
+        bottleneck: str | None = None,
     ):
         super().__init__(
             backbone,
@@ -438,6 +448,7 @@ class FeatureVectorModule(ImageModule):
             native_size=native_size,
             source=source,
             name=name,
+            bottleneck=bottleneck,
         )
 
 
@@ -475,6 +486,7 @@ class ClassifierModule(ImageModule):
         native_size: int | None = None,
         source: str | None = None,
         name: str | None = None,
+        bottleneck: str | None = None,
     ):
         if activation not in ACTIVATIONS:
             raise ValueError(
@@ -500,6 +512,7 @@ class ClassifierModule(ImageModule):
             native_size=native_size,
             source=source,
             name=name,
+            bottleneck=bottleneck,
         )
         self.activation = activation
         width = head.compute_output_shape((None, self.num_features))[-1]

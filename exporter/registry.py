@@ -26,6 +26,10 @@ class Backbone:
         fixed_size: Whether it only works at ``native_size``.
         classifier_fixed_size: Whether its own classifier only works at ``native_size``
             (it flattens a feature map instead of pooling it).
+        norm_after_pooling: The normalization the family applies to its pooled last stage
+            (ConvNeXt: ``"LayerNorm"``), or None. Its bottleneck is then
+            ``norm(pool(feature_map))``, which Keras builds only when asked to pool, so
+            such a backbone is built pooled (``include_top=False, pooling=...``).
     """
 
     name: str
@@ -39,6 +43,7 @@ class Backbone:
     top_dropout: float = 0.0
     fixed_size: bool = False
     classifier_fixed_size: bool = False
+    norm_after_pooling: str | None = None
 
     def __post_init__(self):
         preprocessing.check_mode(self.preprocessing)
@@ -52,6 +57,12 @@ class Backbone:
     def source(self) -> str:
         """Where the architecture comes from, e.g. ``keras.applications.ResNet50``."""
         return f"keras.applications.{self.build.__name__}"
+
+    def bottleneck(self, pooling: str) -> str:
+        """What the feature vector is, in words, e.g. "the avg-pooled last feature map"."""
+        if self.norm_after_pooling:
+            return f"{self.norm_after_pooling} of the pooled last stage ({pooling} pooling)"
+        return f"the {pooling}-pooled last feature map"
 
 
 _REGISTRY: dict[str, Backbone] = {}

@@ -15,6 +15,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
 
 import exporter  # noqa: E402
 
@@ -127,24 +128,33 @@ def weights_file(workdir):
     return make
 
 
-def calibrate_batch_norm(model, images: np.ndarray) -> None:
+def calibrate_batch_norm(model, images: np.ndarray, gamma: tuple | None = None) -> None:
     """Set every batch norm's moving statistics to those of ``images`` (SPEC.md's trap).
 
     Fresh random weights make deep backbones' features vanish (MobileNetV2 about 1e-11), so
     a parity check with an absolute tolerance would pass whatever the code does. One
     ``training=True`` pass at momentum 0 normalizes every layer, giving features of order 1.
+    ``gamma=(low, high)`` first draws every scale from that range. Dropout is off during
+    that pass: a residual branch it dropped would skew every statistic after it
+    (EfficientNet's stochastic depth).
     """
-    norms = [
-        layer
-        for layer in model._flatten_layers(include_self=False, recursive=True)
-        if isinstance(layer, keras.layers.BatchNormalization)
-    ]
+    rng = np.random.default_rng(1)
+    layers = list(model._flatten_layers(include_self=False, recursive=True))
+    norms = [layer for layer in layers if isinstance(layer, keras.layers.BatchNormalization)]
+    drops = [layer for layer in layers if isinstance(layer, keras.layers.Dropout)]
     momenta = [layer.momentum for layer in norms]
+    rates = [layer.rate for layer in drops]
     for layer in norms:
+        if gamma is not None and layer.gamma is not None:
+            layer.gamma.assign(rng.uniform(*gamma, layer.gamma.shape))
         layer.momentum = 0.0
-    model(images, training=True)
+    for layer in drops:
+        layer.rate = 0.0
+    model(tf.constant(images), training=True)
     for layer, momentum in zip(norms, momenta, strict=True):
         layer.momentum = momentum
+    for layer, rate in zip(drops, rates, strict=True):
+        layer.rate = rate
 
 
 @pytest.fixture(scope="session")

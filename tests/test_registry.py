@@ -78,3 +78,27 @@ def test_minimum_size_works_and_one_less_fails_clearly(name):
     small = facts.min_size - 1
     with pytest.raises(exporter.InvalidImagesError, match=rf"at least {facts.min_size}\b"):
         module(tf.zeros([1, small, facts.min_size, 3]))
+
+
+def test_families_that_normalize_after_pooling_are_built_pooled():
+    # The bottleneck is norm(pool(map)): Keras builds it only when asked to pool (issue 8).
+    assert [n for n in ZOO if exporter.get_backbone(n).norm_after_pooling] == [
+        f"convnext_{size}" for size in ("tiny", "small", "base", "large", "xlarge")
+    ]
+    body = exporter.load_backbone("convnext_tiny", weights="none", pooling="max")
+    assert isinstance(body.layers[-2], keras.layers.GlobalMaxPooling2D), body.layers[-2]
+    assert isinstance(body.layers[-1], keras.layers.LayerNormalization), body.layers[-1]
+    assert len(body.output.shape) == 2
+    # Unpooled is not on offer: its LayerNorm would run per position instead.
+    unpooled = exporter.load_backbone("convnext_tiny", weights="none")
+    assert isinstance(unpooled.layers[-2], keras.layers.GlobalAveragePooling2D)
+    module = exporter.build_feature_vector("convnext_tiny", weights=None, pooling="max")
+    assert module.pooling == "max"
+    assert module.bottleneck == "LayerNorm of the pooled last stage (max pooling)"
+    with pytest.raises(exporter.ExportError, match="Unknown pooling 'mean'"):
+        exporter.load_backbone("resnet50", weights="none", pooling="mean")
+    # A new head sits on the same bottleneck: the pooled map's LayerNorm.
+    classifier = exporter.build_classifier("convnext_tiny", weights=None, num_classes=3)
+    last = classifier.keras_backbone.layers[-1]
+    assert isinstance(last, keras.layers.LayerNormalization), last
+    assert classifier.bottleneck == "LayerNorm of the pooled last stage (avg pooling)"

@@ -1,4 +1,7 @@
-"""Every registered backbone: its facts, a round trip, preprocessing parity, its own head.
+"""Every registered backbone: its facts, a round trip, its bottleneck, its own head.
+
+The bottleneck check compares each feature vector, both poolings, with Keras' own pooled
+model of the same weights fed the family's ``preprocess_input`` (issue 8).
 
 Each backbone is checked by ``tests/zoo_check.py`` in a fresh Python process (see there
 why). The processes start in the background when collection ends (``zoo_runner.py``);

@@ -1,7 +1,9 @@
 """Check one registered backbone end to end; run by tests/test_zoo.py in a fresh process.
 
-Usage: ``python tests/zoo_check.py NAME [--own_head]``. Checks the feature vector and, with
-``--own_head``, the classifier that keeps the backbone's own ImageNet head. Exit status 0
+Usage: ``python tests/zoo_check.py NAME [--own_head]``. Checks the feature vector (equal to
+Keras' own ``include_top=False, pooling="avg"`` and ``"max"`` models on the same weights, at
+two sizes) and, with ``--own_head``, the classifier that keeps the backbone's own ImageNet
+head. Exit status 0
 means every check passed; a failed check raises, so the traceback names it.
 
 A fresh process per backbone keeps exports fast: after dozens of backbones in one process,
@@ -26,42 +28,49 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
-from conftest import random_images  # noqa: E402  (this script's folder is on sys.path)
+from conftest import calibrate_batch_norm, random_images  # noqa: E402  (this script's folder is on sys.path)
 
 import exporter  # noqa: E402
 
 
 def reference_and_weights(name: str, directory: Path, include_top: bool):
-    """The Keras model with random weights (batch-norm statistics too), and its weights file."""
+    """The Keras model with random weights whose outputs have real scale, and its weights file.
+
+    Fresh random weights make deep backbones' outputs vanish (MobileNetV2 about 1e-11), so
+    a parity check with a tolerance relative to them would pass whatever the code does.
+    Batch norm is damped (scales near 0.5) and then calibrated on one batch: every
+    normalized layer then has outputs of order 0.5, in every backbone. Undamped, deep random
+    networks (EfficientNetV2-S to L) grow chaotic: float32 round-off alone breaks the 1e-4
+    checks, and an image alone and in a batch differ by 75%. Without the top, the model is
+    Keras' own bottleneck, ``include_top=False, pooling="avg"``.
+    """
     keras.utils.set_random_seed(zlib.crc32(name.encode()) + include_top)
     facts = exporter.get_backbone(name)
     if include_top:
         model = facts.build(include_top=True, weights=None, classifier_activation=None)
+        size = facts.native_size
     else:
-        size = facts.native_size if facts.fixed_size else None
-        model = facts.build(include_top=False, weights=None, input_shape=(size, size, 3))
-    set_batch_norm_statistics(model)
+        model = pooled_reference(facts, None, "avg")
+        size = parity_sizes(facts)[-1]  # The larger: its statistics carry down to the minimum.
+    images = preprocessed(facts, random_images(4, size, seed=5))
+    calibrate_batch_norm(model, images, gamma=(0.4, 0.6))
     path = directory / f"{name}-{'top' if include_top else 'notop'}.weights.h5"
     model.save_weights(path)
     return model, path
 
 
-def set_batch_norm_statistics(model) -> None:
-    """Give every batch norm moving statistics near, but not at, the identity, and damp it.
+def preprocessed(facts, images: np.ndarray) -> np.ndarray:
+    """``images`` in [0, 1] as the family's own ``preprocess_input`` gives them to Keras."""
+    family = getattr(keras.applications, facts.family)
+    return np.asarray(family.preprocess_input(images * 255.0))
 
-    Fresh batch norm is the identity in inference, which would hide any mishandling of
-    the moving averages. Statistics far from it are no better: deep random networks
-    (EfficientNetV2-S to L) then grow their activations to 1e5 and become chaotic, so
-    float32 round-off alone breaks the 1e-4 checks. Fresh EfficientNetV2-L is chaotic even
-    so (an image alone and in a batch differ by 75%); scales near 0.5 tame every backbone.
-    """
-    rng = np.random.default_rng(1)
-    for layer in model._flatten_layers(include_self=False, recursive=True):
-        if isinstance(layer, keras.layers.BatchNormalization):
-            layer.moving_mean.assign(rng.uniform(-0.02, 0.02, layer.moving_mean.shape))
-            layer.moving_variance.assign(rng.uniform(0.9, 1.1, layer.moving_variance.shape))
-            if layer.gamma is not None:
-                layer.gamma.assign(rng.uniform(0.4, 0.6, layer.gamma.shape))
+
+def pooled_reference(facts, weights: Path, pooling: str) -> keras.Model:
+    """Keras' own bottleneck: ``include_top=False, pooling=...`` with the given weights."""
+    fixed = facts.native_size if facts.fixed_size else None
+    return facts.build(
+        include_top=False, weights=weights, pooling=pooling, input_shape=(fixed, fixed, 3)
+    )
 
 
 def graph_call(model, images):
@@ -71,29 +80,68 @@ def graph_call(model, images):
 
 
 def assert_close(actual, expected):
-    scale = np.max(np.abs(expected))
+    """Equal within 1e-4, relative to an output scale that must itself be real (> 1e-2)."""
+    scale = float(np.max(np.abs(expected)))
+    assert scale > 1e-2, f"reference output scale {scale:.3g}: too small to compare against"
     np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-4 * scale)
+
+
+def parity_sizes(facts) -> list[int]:
+    """The smallest admissible size, and one whose last feature map is wider than 1x1.
+
+    At the minimum the last map is 1x1, where pooling is the identity: neither avg against
+    max nor a layer's place before or after pooling would show there.
+    """
+    if facts.fixed_size:
+        return [facts.native_size]
+    return [facts.min_size, 2 * max(facts.min_size, 48) + 7]
+
+
+def feature_map_model(pooled: keras.Model) -> keras.Model:
+    """The part of Keras' pooled model before its global pooling: the last feature map."""
+    pools = (keras.layers.GlobalAveragePooling2D, keras.layers.GlobalMaxPooling2D)
+    pool = [layer for layer in pooled.layers if isinstance(layer, pools)][-1]
+    return keras.Model(pooled.input, pool.input)
+
+
+def check_bottleneck(facts, reference: keras.Model, pooling: str, call) -> None:
+    """``call(images)`` equals Keras' own pooled model, at two sizes (one for fixed-size)."""
+    # The fact sheet says whether a layer follows Keras' pooling (ConvNeXt's LayerNorm).
+    last = reference.layers[-1]
+    pools = (keras.layers.GlobalAveragePooling2D, keras.layers.GlobalMaxPooling2D)
+    assert isinstance(last, pools) != bool(facts.norm_after_pooling), (last, facts)
+    for size in parity_sizes(facts):
+        images = random_images(2, size, seed=size)
+        expected = graph_call(reference, preprocessed(facts, images))
+        assert expected.shape == (2, facts.num_features), expected.shape
+        actual = np.asarray(call(tf.constant(images)))
+        try:
+            assert_close(actual, expected)
+        except AssertionError as error:
+            raise AssertionError(f"pooling={pooling}, {size}x{size}: {error}") from None
 
 
 def check_feature_vector(name: str, scratch: Path) -> None:
     facts = exporter.get_backbone(name)
-    reference, weights = reference_and_weights(name, scratch, include_top=False)
+    pooled, weights = reference_and_weights(name, scratch, include_top=False)
+    # Max pooling is checked on the in-memory module (each export's verify step already
+    # proves the saved __call__ equal to it), avg pooling on the reloaded export.
+    max_module = exporter.build_feature_vector(name, weights=weights, pooling="max")
+    check_bottleneck(facts, pooled_reference(facts, weights, "max"), "max", max_module)
+    del max_module
     module = exporter.build_feature_vector(name, weights=weights)
     assert module.num_features == facts.num_features, (module.num_features, facts.num_features)
     path = exporter.save(module, scratch / "feature_vector")
     del module
     obj = tf.saved_model.load(str(path))
 
-    # The fact sheet's width is the real model's pooled output width.
-    sizes = [facts.native_size] if facts.fixed_size else [facts.min_size, facts.min_size + 13]
-    images = random_images(2, sizes[0])
+    # The export equals Keras' own include_top=False, pooling="avg" model on the same
+    # weights fed the family's preprocess_input: the bottleneck, preprocessing included.
+    check_bottleneck(facts, pooled, "avg", obj)
+    reference = feature_map_model(pooled)
+    sizes = parity_sizes(facts)
     feature_map = graph_call(reference, np.zeros((1, sizes[0], sizes[0], 3), np.float32))
     assert feature_map.shape[-1] == facts.num_features, feature_map.shape
-
-    # Parity with the Keras model under the family's own preprocess_input.
-    family = getattr(keras.applications, facts.family)
-    expected = np.mean(graph_call(reference, family.preprocess_input(images * 255.0)), (1, 2))
-    assert_close(obj(tf.constant(images)).numpy(), expected)
 
     # The minimum works on the real model; one pixel less is refused, naming the minimum.
     if facts.fixed_size:
@@ -117,15 +165,45 @@ def check_feature_vector(name: str, scratch: Path) -> None:
     min_size = facts.native_size if facts.fixed_size else facts.min_size
     assert metadata["input"]["min_size"] == min_size, metadata["input"]
     assert metadata["preprocessing"]["mode"] == facts.preprocessing
+    assert metadata["bottleneck"] == facts.bottleneck("avg"), metadata["bottleneck"]
+    if facts.norm_after_pooling:
+        card = (Path(path) / "assets.extra" / "model_card.md").read_text()
+        assert f"{facts.norm_after_pooling} of the pooled last stage" in card, card
     # batch_norm_momentum is an hparam exactly when the model has batch norm.
-    layers = reference._flatten_layers(include_self=False, recursive=True)
+    layers = pooled._flatten_layers(include_self=False, recursive=True)
     norms = [layer for layer in layers if isinstance(layer, keras.layers.BatchNormalization)]
     expected_hparams = {"batch_norm_momentum": norms[0].momentum} if norms else {}
     assert {k: v["default"] for k, v in metadata["hparams"].items()} == expected_hparams
     # Each variable is stored once (Keras' own export stores them twice).
     on_disk = sum(f.stat().st_size for f in (Path(path) / "variables").iterdir())
-    weight_bytes = sum(int(np.prod(w.shape)) * 4 for w in reference.weights)
+    weight_bytes = sum(int(np.prod(w.shape)) * 4 for w in pooled.weights)
     assert on_disk <= 1.02 * weight_bytes, (on_disk, weight_bytes)
+    if facts.norm_after_pooling:  # The norm after pooling is fine-tuned with the rest.
+        check_hub_fine_tuning(path, facts)
+
+
+def check_hub_fine_tuning(path: Path, facts) -> None:
+    """A few steps through ``hub.KerasLayer(trainable=True)`` lower the loss and move every
+    trainable variable of the export's last layer (ConvNeXt: the LayerNorm after pooling)."""
+    import tensorflow_hub as hub
+    import tf_keras
+
+    tf_keras.utils.set_random_seed(0)
+    size = max(facts.min_size, 64)
+    layer = hub.KerasLayer(str(path), trainable=True)
+    model = tf_keras.Sequential([tf_keras.Input((size, size, 3)), layer, tf_keras.layers.Dense(2)])
+    model.compile(
+        tf_keras.optimizers.Adam(1e-3),
+        tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    norm = [w for w in layer.trainable_weights if "layernorm" in w.name.lower()]
+    assert norm, [w.name for w in layer.trainable_weights][-6:]
+    before = [w.numpy().copy() for w in norm]
+    history = model.fit(random_images(4, size), np.array([0, 1, 0, 1]), epochs=4, verbose=0)
+    losses = history.history["loss"]
+    assert losses[-1] < losses[0], losses
+    moved = [not np.allclose(b, w.numpy()) for b, w in zip(before, norm, strict=True)]
+    assert all(moved), moved
 
 
 def check_own_classifier(name: str, scratch: Path) -> None:
@@ -143,8 +221,7 @@ def check_own_classifier(name: str, scratch: Path) -> None:
     # The logits are Keras' own classifier's, softmax removed.
     obj = tf.saved_model.load(str(path))
     images = random_images(2, facts.native_size)
-    family = getattr(keras.applications, facts.family)
-    expected = graph_call(reference, family.preprocess_input(images * 255.0))
+    expected = graph_call(reference, preprocessed(facts, images))
     assert_close(obj(tf.constant(images)).numpy(), expected)
     if not (facts.fixed_size or facts.classifier_fixed_size):
         small = obj(tf.constant(random_images(1, facts.min_size)), training=True)

@@ -1,6 +1,9 @@
 """ConvNeXt (Liu et al., 2022), as keras.applications builds it.
 
-It normalizes inside (``include_preprocessing=True``), so it takes 0..255 pixels.
+It normalizes inside (``include_preprocessing=True``), so it takes 0..255 pixels. Its
+bottleneck is LayerNorm of the pooled last stage (the paper's and its own head's order):
+Keras puts that LayerNorm after the optional pooling of ``include_top=False``, so pooling
+the unpooled model's output afterwards would compute ``mean(LayerNorm(x))`` instead.
 """
 
 import functools
@@ -10,7 +13,12 @@ import keras
 from exporter.registry import Backbone
 
 _convnext = functools.partial(
-    Backbone, family="convnext", preprocessing="raw255", native_size=224, min_size=32
+    Backbone,
+    family="convnext",
+    preprocessing="raw255",
+    native_size=224,
+    min_size=32,
+    norm_after_pooling="LayerNorm",
 )
 
 BACKBONES = (

@@ -15,6 +15,7 @@ from exporter.registry import get as get_backbone
 from exporter.registry import names as list_backbones
 from exporter.save import save
 from exporter.spec import InvalidImagesError
+from exporter.use.keras_layer import KerasLayer
 
 _backbones.register_all()
 
@@ -26,6 +27,7 @@ __all__ = [
     "HeadDropout",
     "ImageModule",
     "InvalidImagesError",
+    "KerasLayer",
     "build_classifier",
     "build_feature_vector",
     "export_classifier",

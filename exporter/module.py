@@ -185,6 +185,8 @@ def _inner_sizes(inner, min_size: int, fixed_size, native_size):
             fixed_size = facts.get("max_size")
         if native_size is None and isinstance(facts.get("native_size"), int):
             native_size = facts["native_size"]
+    if native_size is not None:
+        native_size = max(native_size, min_size)
     return min_size, fixed_size, native_size
 
 

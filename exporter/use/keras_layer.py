@@ -252,8 +252,9 @@ class KerasLayer(keras.layers.Layer):
         return tf.nest.map_structure(lambda x: tf.cast(x, self.compute_dtype), outputs)
 
     def _check_strategy(self) -> None:
+        # Outside any scope (inference, saving after training) the variables still read.
         current = tf.distribute.get_strategy()
-        if current is not self._strategy:
+        if tf.distribute.has_strategy() and current is not self._strategy:
             raise RuntimeError(
                 f"exporter.KerasLayer({self.handle!r}) was created under "
                 f"{type(self._strategy).__name__} and is now used under "

@@ -402,3 +402,17 @@ def test_a_tf_keras_export_fine_tunes_in_keras_3(tmp_path):
     assert losses[-1] < losses[0], losses
     assert all(_moved(before, obj.trainable_variables))
     assert all(_moved(means_before, _moving_means(obj)))
+
+
+def test_the_readme_example_runs_as_written(tiny, tmp_path, monkeypatch):
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("## Fine-tuning an export in Keras 3", 1)[1].split("\n## ", 1)[0]
+    block = section.split("```python\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "exports").mkdir()
+    (tmp_path / "exports" / "mobilenet_v2").symlink_to(tiny)
+    monkeypatch.chdir(tmp_path)
+    namespace = {}
+    exec(compile(block, "README.md", "exec"), namespace)  # noqa: S102
+    model = namespace["model"]
+    assert model.output_shape == (None, 5)
+    assert model.layers[0].trainable_weights

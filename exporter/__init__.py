@@ -19,6 +19,7 @@ from exporter.registry import get as get_backbone
 from exporter.registry import names as list_backbones
 from exporter.save import save
 from exporter.spec import InvalidImagesError
+from exporter.use.keras_layer import KerasLayer
 
 _backbones.register_all()
 
@@ -30,6 +31,7 @@ __all__ = [
     "HeadDropout",
     "ImageModule",
     "InvalidImagesError",
+    "KerasLayer",
     "build_classifier",
     "build_feature_vector",
     "export_classifier",

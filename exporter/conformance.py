@@ -306,20 +306,39 @@ class _Checker:
         for _, bound, names in self.functions:
             for name in names[1:]:
                 value = bound.get(name)
-                if name == "training" or (name in defaults and _is_float_scalar(value)):
+                if name in ("training", *self._unused) or (
+                    name in defaults and _is_float_scalar(value)
+                ):
                     continue
                 problems.append(f"{name} traced as {value!r}")
         missing = sorted(k for k, v in defaults.items() if not isinstance(v, (int, float)))
         problems += [f"{name} has no numeric Python default" for name in missing]
         if problems:
             return FAIL, "; ".join(sorted(set(problems))[:3]) + " (expected a float scalar tensor)"
-        listed = ", ".join(f"{k}={v}" for k, v in defaults.items())
-        return PASS, listed or "none"
+        listed = ", ".join(f"{k}={v}" for k, v in defaults.items()) or "none"
+        if self._unused:
+            # tf-keras' model.save traces Keras' own `mask` argument this way (issue 9).
+            unused = ", ".join(self._unused)
+            return WARN, f"{listed}; {unused} traced only as None with default None: not an hparam"
+        return PASS, listed
+
+    @property
+    def _unused(self) -> tuple[str, ...]:
+        """Arguments traced only as None whose default is None: they take nothing, so no hparam."""
+        parameters = list(inspect.signature(self.obj.__call__).parameters.values())[1:]
+        return tuple(
+            p.name
+            for p in parameters
+            if p.name != "training"
+            and p.default is None
+            and all(bound.get(p.name) is None for _, bound, _ in self.functions)
+        )
 
     def _hparam_defaults(self) -> dict:
         """Each hparam's Python default, read from the restored __call__'s signature."""
         parameters = list(inspect.signature(self.obj.__call__).parameters.values())[1:]
-        return {p.name: p.default for p in parameters if p.name != "training"}
+        ignored = ("training", *self._unused)
+        return {p.name: p.default for p in parameters if p.name not in ignored}
 
     def _input_dtype(self):
         bad = {s.dtype.name for s in self._input_specs() if s.dtype != spec.IMAGE_DTYPE}
@@ -492,7 +511,8 @@ class _Checker:
         if facts.get(key) != width:
             problems.append(f"{key} is {facts.get(key)}, the model outputs {width}")
         hparams = facts.get("hparams") or {}
-        arguments = {n for _, _, names in self.functions for n in names[1:]} - {"training"}
+        arguments = {n for _, _, names in self.functions for n in names[1:]}
+        arguments -= {"training", *self._unused}
         if set(hparams) != arguments:
             problems.append(f"hparams {sorted(hparams)} but __call__ takes {sorted(arguments)}")
         for name, default in self._hparam_defaults().items():

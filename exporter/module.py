@@ -73,9 +73,9 @@ def _scalar_loss(compute) -> tf.function:
     return loss
 
 
-def _regularization_losses(layers, keras_trainable) -> list:
+def _regularization_losses(layers, keras_trainable, inner=()) -> list:
     """One zero-argument function per weight regularizer, for both Keras generations."""
-    losses = []
+    losses = [_scalar_loss(fn) for i in inner if i.trainable for fn in i.regularization_losses]
     for variable in keras_trainable:
         regularizer = getattr(variable, "regularizer", None)  # Keras 3 keeps them here.
         if regularizer is not None:
@@ -163,6 +163,31 @@ def _sublayers(layer) -> list:
     if hasattr(layer, "_flatten_layers"):
         return list(layer._flatten_layers(include_self=True, recursive=True))
     return [layer]
+
+
+def _inner_exports(layers) -> list:
+    """Sublayers that wrap a reusable SavedModel (``exporter.KerasLayer``, issue 9).
+
+    Found by what they offer, not by class: the making side never imports the using side.
+    Their hparams join the module's, and their regularization losses its own.
+    """
+    found = [s for layer in layers for s in _sublayers(layer)]
+    return _unique(s for s in found if hasattr(s, "hparam_overrides"))
+
+
+def _inner_sizes(inner, min_size: int, fixed_size, native_size):
+    """Narrow the admissible sizes to those of the wrapped exports that document theirs."""
+    for layer in inner:
+        facts = layer.input_facts or {}
+        if isinstance(facts.get("min_size"), int):
+            min_size = max(min_size, facts["min_size"])
+        if facts.get("fixed_size") and fixed_size is None:
+            fixed_size = facts.get("max_size")
+        if native_size is None and isinstance(facts.get("native_size"), int):
+            native_size = facts["native_size"]
+    if native_size is not None:
+        native_size = max(native_size, min_size)
+    return min_size, fixed_size, native_size
 
 
 def _batch_norms(layers) -> list:
@@ -260,6 +285,8 @@ class ImageModule(tf.Module):
             )
         if pooling not in POOLINGS:
             raise ValueError(f"Unknown pooling {pooling!r}; known: {', '.join(POOLINGS)}.")
+        inner = _inner_exports([backbone] + ([head] if head is not None else []))
+        min_size, fixed_size, native_size = _inner_sizes(inner, min_size, fixed_size, native_size)
         if fixed_size is not None:
             min_size = fixed_size
         self.task = task
@@ -282,13 +309,17 @@ class ImageModule(tf.Module):
         keras_trainable = _unique(v for layer in layers for v in layer.trainable_variables)
         self.variables = _unique(tf_variable(v) for v in keras_variables)
         self.trainable_variables = _unique(tf_variable(v) for v in keras_trainable)
-        self.regularization_losses = _regularization_losses(layers, keras_trainable)
+        self.regularization_losses = _regularization_losses(layers, keras_trainable, inner)
         dropouts = [s for s in _sublayers(head) if isinstance(s, HeadDropout)] if head else []
         norms = _batch_norms(layers)
-        self._tunable = _Hidden(dropout_rate=dropouts, batch_norm_momentum=norms)
-        momenta = (float(n.momentum) for n in norms)
+        self._tunable = _Hidden(dropout_rate=dropouts, batch_norm_momentum=norms, inner=inner)
+        rates = [d.rate for d in dropouts] + [i.hparams["dropout_rate"] for i in inner
+                                              if "dropout_rate" in i.hparams]  # fmt: skip
+        momenta = [float(n.momentum) for n in norms] + [
+            i.hparams["batch_norm_momentum"] for i in inner if "batch_norm_momentum" in i.hparams
+        ]
         defaults = {
-            "dropout_rate": _shared((d.rate for d in dropouts), "dropout_rate"),
+            "dropout_rate": _shared(rates, "dropout_rate"),
             "batch_norm_momentum": _shared(momenta, "batch_norm_momentum"),
         }
         self._hparams = {k: v for k, v in defaults.items() if v is not None}
@@ -386,9 +417,12 @@ class ImageModule(tf.Module):
             rate = _checked(rate, "dropout_rate", upper_inclusive=False)
         if momentum is not None:
             momentum = _checked(momentum, "batch_norm_momentum", upper_inclusive=True)
+        overrides = {"dropout_rate": rate, "batch_norm_momentum": momentum}
+        overrides = {k: v for k, v in overrides.items() if v is not None}
         with (
             _overridden(self._tunable.dropout_rate, "override", rate),
             _overridden(self._tunable.batch_norm_momentum, "momentum", momentum),
+            _overridden(self._tunable.inner, "hparam_overrides", overrides or None),
         ):
             # Our own scope first: a Keras name like "_my_model" is invalid as a root scope.
             with tf.name_scope("backbone"):

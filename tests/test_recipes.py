@@ -67,3 +67,88 @@ def test_export_reproduces_the_finetuned_keras_model(image_folder, tmp_path):
     actual = classifier(tf.constant(pixels / 255.0))
     scale = float(np.max(np.abs(expected)))
     np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-4 * scale)
+
+
+def _finetune_export(*flags: str):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    command = [sys.executable, "recipes/finetune_export.py", *flags]
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout + done.stderr
+
+
+def test_finetune_export_recipe_resumes_and_re_exports_a_conforming_classifier(
+    export, image_folder, tmp_path
+):
+    from exporter import conformance
+
+    # An export as `python -m exporter.feature_vector` makes it (the fixture shares one).
+    source = export("feature_vector", "mobilenet_v2", "none")
+    out = tmp_path / "out"
+    flags = [f"--export={source}", f"--data_dir={image_folder}", f"--out_dir={out}",
+             "--image_size=48", "--batch_size=4"]  # fmt: skip
+    first = _finetune_export(*flags, "--epochs=1")
+    assert "Resuming" not in first and "Wrote the classifier" in first
+    assert (out / "checkpoints" / "epoch-1.keras").is_file()
+    # Restarted with more epochs, it resumes from the last checkpoint.
+    second = _finetune_export(*flags, "--epochs=2", "--overwrite")
+    assert "Resuming from" in second and "epoch-1.keras" in second
+    assert "Epoch 2/2" in second and "Epoch 1/2" not in second
+    assert (out / "checkpoints" / "epoch-2.keras").is_file()
+    report = conformance.check(out / "classifier", strict_metadata=True)
+    assert report.ok, report.to_text()
+    classifier = tf.saved_model.load(str(out / "classifier"))
+    labels = Path(classifier.labels_file.asset_path.numpy().decode())
+    assert labels.read_text().splitlines() == list(CLASSES)
+    assert classifier(tf.random.uniform([2, 48, 48, 3])).shape == (2, len(CLASSES))
+    # The new Dense layer's L2 kernel regularizer travels as a regularization loss.
+    assert len(classifier.regularization_losses) == 1
+
+
+def test_finetune_export_recipe_multi_worker_only_the_chief_writes(image_folder, tmp_path):
+    import json
+
+    import keras
+    from test_distributed import TIMEOUT, _free_ports
+    from test_keras_layer import tiny_backbone
+
+    import exporter
+    from exporter import conformance
+
+    keras.utils.set_random_seed(0)
+    module = exporter.FeatureVectorModule(tiny_backbone(), preprocessing="identity")
+    source = exporter.save(module, tmp_path / "tiny")
+    workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
+    processes = []
+    for index in range(2):
+        config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
+        command = [
+            sys.executable, "recipes/finetune_export.py", f"--export={source}",
+            f"--data_dir={image_folder}", f"--out_dir={tmp_path / f'w{index}'}",
+            "--strategy=multi_worker", "--fine_tune", "--epochs=2", "--batch_size=4",
+            "--image_size=32",
+        ]  # fmt: skip
+        env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CONFIG": json.dumps(config)}
+        processes.append(
+            subprocess.Popen(
+                command,
+                cwd=REPO,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )  # fmt: skip
+        )
+    outputs = []
+    for process in processes:
+        try:
+            outputs.append(process.communicate(timeout=TIMEOUT)[0])
+        except subprocess.TimeoutExpired:
+            process.kill()
+            pytest.fail(f"worker timed out: {process.communicate()[0][-3000:]}")
+        assert process.returncode == 0, outputs[-1][-3000:]
+    assert all("Epoch 2/2" in output for output in outputs)
+    assert not (tmp_path / "w1").exists()  # Only the chief writes.
+    assert (tmp_path / "w0" / "checkpoints" / "epoch-2.keras").is_file()
+    report = conformance.check(tmp_path / "w0" / "classifier", strict_metadata=True)
+    assert report.ok, report.to_text()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import keras
 
-from exporter import registry
+from exporter import precision, registry
 from exporter.errors import ExportError
 from exporter.module import (
     DEFAULT_DROPOUT,
@@ -194,6 +194,7 @@ def build_feature_vector(
     weights: str | os.PathLike | None = "imagenet",
     pooling: str = "avg",
     weight_decay: float = 0.0,
+    compute_dtype: str = "float32",
 ) -> FeatureVectorModule:
     """Build the image feature vector module of a registered backbone.
 
@@ -202,6 +203,7 @@ def build_feature_vector(
         weights: ``'imagenet'``, ``'none'``/``None``, or a ``.weights.h5``/``.keras`` path.
         pooling: ``'avg'`` or ``'max'`` over the last feature map.
         weight_decay: L2 penalty on every kernel, exposed as ``regularization_losses``.
+        compute_dtype: ``float32``, ``bfloat16`` or ``float16``; see ``with_compute_dtype``.
 
     Example:
         >>> module = build_feature_vector("mobilenet_v2", weights=None)
@@ -209,9 +211,34 @@ def build_feature_vector(
         1280
     """
     facts = registry.get(backbone)
-    model = load_backbone(facts, weights)
-    add_weight_decay([model], weight_decay)
-    return FeatureVectorModule(model, pooling=pooling, **_facts_arguments(facts))
+
+    def make():
+        model = load_backbone(facts, weights)
+        add_weight_decay([model], weight_decay)
+        return FeatureVectorModule(model, pooling=pooling, **_facts_arguments(facts))
+
+    return with_compute_dtype(make, compute_dtype)
+
+
+def with_compute_dtype(make, compute_dtype: str):
+    """Return ``make()``, its Keras layers built under ``compute_dtype``'s mixed policy.
+
+    For a lower precision, ``make()`` runs twice: once in float32 and once under the mixed
+    policy, with the float32 weights copied over. The float32 one is kept, unsaved, as the
+    module's ``float32_twin``: the export measures its deviation from it.
+    """
+    if precision.check(compute_dtype) == "float32":
+        return make()
+    reference = make()
+    with precision.policy(compute_dtype), stage(f"build in {compute_dtype}"):
+        module = make()
+    pairs = list(zip(module.variables, reference.variables, strict=True))
+    for variable, value in pairs:
+        if variable.shape != value.shape:
+            raise ExportError(f"The {compute_dtype} model's weights differ from float32's.")
+        variable.assign(value)
+    module.float32_twin = precision.Twin(reference)
+    return module
 
 
 def _facts_arguments(facts: registry.Backbone) -> dict:
@@ -233,6 +260,7 @@ def build_classifier(
     labels: list[str] | None = None,
     weight_decay: float = 0.0,
     dropout_rate: float | None = None,
+    compute_dtype: str = "float32",
 ) -> ClassifierModule:
     """Build the image classification module of a registered backbone.
 
@@ -247,6 +275,7 @@ def build_classifier(
         dropout_rate: The default of the ``dropout_rate`` hparam, the dropout right before
             the logits layer (active only with ``training=True``). ``None``: the
             backbone's own top dropout, or 0.2.
+        compute_dtype: ``float32``, ``bfloat16`` or ``float16``; see ``with_compute_dtype``.
 
     Example:
         >>> module = build_classifier("mobilenet_v2", weights=None, num_classes=5)
@@ -256,6 +285,13 @@ def build_classifier(
     facts = registry.get(backbone)
     if labels is None and num_classes is None:
         labels = imagenet_labels()  # Its own classifier: ImageNet's 1000 classes.
+    return with_compute_dtype(
+        lambda: _classifier(facts, weights, num_classes, labels, weight_decay, dropout_rate),
+        compute_dtype,
+    )
+
+
+def _classifier(facts, weights, num_classes, labels, weight_decay, dropout_rate):
     common = dict(labels=labels, **_facts_arguments(facts))
     if num_classes is None:
         body, head = load_with_classifier(facts, weights, dropout_rate)

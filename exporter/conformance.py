@@ -44,6 +44,11 @@ RULES = {
     "regularization_losses": "`regularization_losses` is a list of zero-argument callables "
     "returning float scalars.",
     "serving_default": "serving_default exists, takes float32 images and agrees with __call__.",
+    "serving_uint8": "serving_uint8, where exported, takes uint8 images 0..255 and agrees with "
+    "__call__ on the same pixels, with serving_default's one output name.",
+    "serving_bytes": "serving_bytes, where exported, takes encoded images as strings, makes "
+    "grayscale and RGBA ones RGB, and agrees with __call__ on the same pixels, with "
+    "serving_default's one output name.",
     "labels": "A classifier's labels asset has one line per class.",
     "metadata": "The model card and metadata are present and agree with the model.",
     "training_call": "__call__(images, training=True) runs and keeps the output shape.",
@@ -458,6 +463,45 @@ class _Checker:
             return FAIL, f"serving_default output {output_name!r} differs from __call__"
         return PASS, f"{name!r} -> {output_name!r}, agrees with __call__"
 
+    def _serving_uint8(self):
+        pixels = _pixels(3, self.sizes[0], seed=3)
+        return self._extra_signature("serving_uint8", tf.uint8, tf.constant(pixels), pixels)
+
+    def _serving_bytes(self):
+        # At the size it resizes to (when documented), so the resize is the identity.
+        size = ((self.metadata or {}).get("serving") or {}).get("serving_bytes", {})
+        size = size.get("size") if isinstance(size.get("size"), int) else self.sizes[0]
+        pixels = _pixels(3, size, seed=4)
+        pixels[1] = pixels[1, ..., :1]  # Gray: the same value in every channel.
+        encoded = [
+            tf.io.encode_png(pixels[0]),
+            tf.io.encode_png(pixels[1, ..., :1]),  # A grayscale PNG.
+            tf.io.encode_png(tf.concat([pixels[2], pixels[2, ..., :1]], -1)),  # An RGBA PNG.
+        ]
+        return self._extra_signature("serving_bytes", tf.string, tf.stack(encoded), pixels)
+
+    def _extra_signature(self, name: str, dtype: tf.DType, inputs: tf.Tensor, pixels):
+        """Check an extra serving signature against __call__ on the same pixels."""
+        signature = self.obj.signatures.get(name)
+        if signature is None:
+            return PASS, "not exported (optional)"
+        arguments = signature.structured_input_signature[1]
+        if len(arguments) != 1:
+            return FAIL, f"{name} takes {sorted(arguments)}; expected one input"
+        ((argument, input_spec),) = arguments.items()
+        if input_spec.dtype != dtype:
+            return FAIL, f"{name} input {argument!r} is {input_spec.dtype.name}, not {dtype.name}"
+        outputs = signature(**{argument: inputs})
+        default = self.obj.signatures.get("serving_default")
+        names = sorted(default.structured_outputs) if default is not None else None
+        if len(outputs) != 1 or (names is not None and sorted(outputs) != names):
+            return FAIL, f"{name} has outputs {sorted(outputs)}; serving_default has {names}"
+        ((output_name, output),) = outputs.items()
+        expected = self._invoke(tf.constant(pixels, tf.float32) / 255.0, training=False)
+        if not close(output, expected):
+            return FAIL, f"{name} output {output_name!r} differs from __call__ on the same pixels"
+        return PASS, f"{argument!r} -> {output_name!r}, agrees with __call__"
+
     def _labels(self):
         asset = getattr(self.obj, "labels_file", None)
         if self.task != "image_classification":
@@ -515,6 +559,11 @@ class _Checker:
         return problems
 
 
+def _pixels(batch: int, size: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (batch, size, size, spec.CHANNELS), dtype=np.uint8)
+
+
 def _is_float_scalar(value) -> bool:
     return isinstance(value, tf.TensorSpec) and value.shape.rank == 0 and value.dtype.is_floating
 
@@ -561,6 +610,8 @@ _NEEDS: dict[str, tuple[str, ...]] = {
     "trainable_flags": ("variables",),
     "regularization_losses": ("loads",),
     "serving_default": (*_CALLS, "output_shape"),
+    "serving_uint8": (*_CALLS, "output_shape"),
+    "serving_bytes": (*_CALLS, "output_shape"),
     "labels": (*_CALLS, "output_shape"),
     "metadata": (*_CALLS, "output_shape", "hparams"),
 }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from exporter.module import (
     ClassifierModule,
     FeatureVectorModule,
     HeadDropout,
+    ImageModule,
     new_head,
 )
 from exporter.progress import stage
@@ -220,7 +222,7 @@ def build_feature_vector(
     return with_compute_dtype(make, compute_dtype)
 
 
-def with_compute_dtype(make, compute_dtype: str):
+def with_compute_dtype(make: Callable[[], ImageModule], compute_dtype: str) -> ImageModule:
     """Return ``make()``, its Keras layers built under ``compute_dtype``'s mixed policy.
 
     For a lower precision, ``make()`` runs twice: once in float32 and once under the mixed

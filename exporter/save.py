@@ -85,6 +85,11 @@ def save(
     kinds = serving.parse_inputs(serving_inputs)
     if "image_bytes" in kinds:
         serving_size = serving.check_size(module, serving_size)
+    elif serving_size is not None:
+        raise ExportError(
+            "serving_size is the size serving_bytes resizes to; add image_bytes to "
+            f"serving_inputs. Received: serving_inputs={list(kinds)}, serving_size={serving_size}."
+        )
     created = _make_parents(out.parent)
     tmp = None
     try:

@@ -250,6 +250,7 @@ def test_cli_export_documents_its_signatures(served):
         (dict(serving_inputs="float32,png"), "Unknown serving input 'png'; known: float32, uint8"),
         (dict(serving_inputs="image_bytes", serving_size=16),
          "Expected serving_size to be an int of at least 32"),
+        (dict(serving_inputs="uint8", serving_size=64), "add image_bytes to serving_inputs"),
     ],
 )  # fmt: skip
 def test_bad_serving_arguments_write_nothing(tmp_path, arguments, message):

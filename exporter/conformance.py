@@ -473,6 +473,8 @@ class _Checker:
         return self._extra_signature("serving_uint8", tf.uint8, tf.constant(pixels), pixels)
 
     def _serving_bytes(self):
+        if "serving_bytes" not in self.obj.signatures:
+            return PASS, "not exported (optional)"
         # At the size it resizes to (when documented), so the resize is the identity.
         size = ((self.metadata or {}).get("serving") or {}).get("serving_bytes", {})
         size = size.get("size") if isinstance(size.get("size"), int) else self.sizes[0]

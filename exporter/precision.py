@@ -20,8 +20,9 @@ _POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mix
 # The least cosine similarity, per output row, to the float32 twin. Real weights do far
 # better (ResNet50 with ImageNet weights in bfloat16: cosine 0.99999, 0.5% of the scale);
 # random weights with calibrated batch norm amplify rounding through depth (MobileNetV2 in
-# bfloat16: cosine about 0.97), and the bound must hold for both.
-MIN_COSINE = {"bfloat16": 0.95, "float16": 0.995}
+# bfloat16: cosine 0.94 to 0.97 by calibration batch), and the bound must hold for both: it
+# catches a broken export (wrong preprocessing, a lost cast), not rounding.
+MIN_COSINE = {"bfloat16": 0.9, "float16": 0.99}
 HELP = (
     "float32, bfloat16 or float16: the dtype the backbone and head compute in (Keras' mixed "
     "policy: weights, input and output stay float32)"

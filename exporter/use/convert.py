@@ -8,7 +8,7 @@ compared with the SavedModel's ``__call__``, and only then renamed into place, w
 sidecar ``out + '.json'`` that carries what the converted model no longer checks.
 
 Tolerance per mode, relative to the largest absolute value of the SavedModel's output:
-float32 (``quantize='none'``) agrees within ``1e-4``; ``float16`` and ``dynamic_int8``
+float32 (``quantize='none'``) agrees within ``3e-4``; ``float16`` and ``dynamic_int8``
 report their error and cosine similarity and fail only past ``BOUNDS``.
 """
 
@@ -52,7 +52,8 @@ class Bound:
 # Measured (MobileNetV2, random weights with calibrated batch norm): float16 about 1% of the
 # scale, cosine 0.9999; dynamic_int8 about 30%, cosine 0.97 (see BUILD_NOTES.md).
 BOUNDS = {
-    "none": Bound(max_relative=1e-4, min_cosine=0.99999),
+    # 1e-4 was the first bound: LiteRT's XNNPack gave a calibrated random ResNet50 1.03e-4.
+    "none": Bound(max_relative=3e-4, min_cosine=0.99999),
     "float16": Bound(max_relative=0.1, min_cosine=0.999),
     "dynamic_int8": Bound(max_relative=1.0, min_cosine=0.9),
 }

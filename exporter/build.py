@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 
 import keras
 
-from exporter import registry
+from exporter import precision, registry
 from exporter.errors import ExportError
 from exporter.module import (
     DEFAULT_DROPOUT,
@@ -17,6 +18,7 @@ from exporter.module import (
     ClassifierModule,
     FeatureVectorModule,
     HeadDropout,
+    ImageModule,
     new_head,
 )
 from exporter.progress import stage
@@ -211,6 +213,7 @@ def build_feature_vector(
     weights: str | os.PathLike | None = "imagenet",
     pooling: str = "avg",
     weight_decay: float = 0.0,
+    compute_dtype: str = "float32",
 ) -> FeatureVectorModule:
     """Build the image feature vector module of a registered backbone.
 
@@ -219,6 +222,7 @@ def build_feature_vector(
         weights: ``'imagenet'``, ``'none'``/``None``, or a ``.weights.h5``/``.keras`` path.
         pooling: ``'avg'`` or ``'max'`` over the last feature map.
         weight_decay: L2 penalty on every kernel, exposed as ``regularization_losses``.
+        compute_dtype: ``float32``, ``bfloat16`` or ``float16``; see ``with_compute_dtype``.
 
     Example:
         >>> module = build_feature_vector("mobilenet_v2", weights=None)
@@ -226,11 +230,36 @@ def build_feature_vector(
         1280
     """
     facts = registry.get(backbone)
-    # Families that normalize after pooling pool inside Keras; the rest are pooled by the
-    # module, which keeps the feature map for heads that need it.
-    model = load_backbone(facts, weights, pooling if facts.norm_after_pooling else None)
-    add_weight_decay([model], weight_decay)
-    return FeatureVectorModule(model, pooling=pooling, **_facts_arguments(facts, pooling))
+
+    def make():
+        # Families that normalize after pooling pool inside Keras; the rest are pooled by
+        # the module, which keeps the feature map for heads that need it.
+        model = load_backbone(facts, weights, pooling if facts.norm_after_pooling else None)
+        add_weight_decay([model], weight_decay)
+        return FeatureVectorModule(model, pooling=pooling, **_facts_arguments(facts, pooling))
+
+    return with_compute_dtype(make, compute_dtype)
+
+
+def with_compute_dtype(make: Callable[[], ImageModule], compute_dtype: str) -> ImageModule:
+    """Return ``make()``, its Keras layers built under ``compute_dtype``'s mixed policy.
+
+    For a lower precision, ``make()`` runs twice: once in float32 and once under the mixed
+    policy, with the float32 weights copied over. The float32 one is kept, unsaved, as the
+    module's ``float32_twin``: the export measures its deviation from it.
+    """
+    if precision.check(compute_dtype) == "float32":
+        return make()
+    reference = make()
+    with precision.policy(compute_dtype), stage(f"build in {compute_dtype}"):
+        module = make()
+    pairs = list(zip(module.variables, reference.variables, strict=True))
+    for variable, value in pairs:
+        if variable.shape != value.shape:
+            raise ExportError(f"The {compute_dtype} model's weights differ from float32's.")
+        variable.assign(value)
+    module.float32_twin = precision.Twin(reference)
+    return module
 
 
 def _facts_arguments(facts: registry.Backbone, pooling: str = "avg") -> dict:
@@ -253,6 +282,7 @@ def build_classifier(
     labels: list[str] | None = None,
     weight_decay: float = 0.0,
     dropout_rate: float | None = None,
+    compute_dtype: str = "float32",
 ) -> ClassifierModule:
     """Build the image classification module of a registered backbone.
 
@@ -267,6 +297,7 @@ def build_classifier(
         dropout_rate: The default of the ``dropout_rate`` hparam, the dropout right before
             the logits layer (active only with ``training=True``). ``None``: the
             backbone's own top dropout, or 0.2.
+        compute_dtype: ``float32``, ``bfloat16`` or ``float16``; see ``with_compute_dtype``.
 
     Example:
         >>> module = build_classifier("mobilenet_v2", weights=None, num_classes=5)
@@ -276,6 +307,13 @@ def build_classifier(
     facts = registry.get(backbone)
     if labels is None and num_classes is None:
         labels = imagenet_labels()  # Its own classifier: ImageNet's 1000 classes.
+    return with_compute_dtype(
+        lambda: _classifier(facts, weights, num_classes, labels, weight_decay, dropout_rate),
+        compute_dtype,
+    )
+
+
+def _classifier(facts, weights, num_classes, labels, weight_decay, dropout_rate):
     common = dict(labels=labels, **_facts_arguments(facts))
     if num_classes is None:
         body, head = load_with_classifier(facts, weights, dropout_rate)

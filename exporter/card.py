@@ -14,6 +14,7 @@ import tensorflow as tf
 
 from exporter import preprocessing, spec
 from exporter.module import HPARAMS
+from exporter.precision import MIN_COSINE
 from exporter.version import VERSION
 
 METADATA_FILE = "assets.extra/metadata.json"
@@ -26,8 +27,12 @@ def _tensorflow_minor() -> str:
     return ".".join(tf.__version__.split(".")[:2])
 
 
-def metadata(module, signatures: list[str]) -> dict:
-    """Collect every fact SPEC.md asks the documentation to state."""
+def metadata(module, signatures: list[str], *, serving_size=None, compute=None) -> dict:
+    """Collect every fact SPEC.md asks the documentation to state.
+
+    ``serving_size`` is the size ``serving_bytes`` resizes to; ``compute`` the measured
+    ``exporter.precision.Deviation`` of a module that computes in a lower precision.
+    """
     classifier = module.task == "image_classification"
     labels = getattr(module, "labels", None)
     return {
@@ -80,7 +85,75 @@ def metadata(module, signatures: list[str]) -> dict:
         "keras_version": keras.__version__,
         "exporter_version": VERSION,
         "signatures": sorted(signatures),
+        "serving": serving_facts(
+            module.output_name, signatures, serving_size or module.native_size
+        ),
+        "compute": compute_facts(compute),
     }
+
+
+def compute_facts(compute) -> dict:
+    """The compute dtype and, for a lower precision, its measured deviation from float32."""
+    if compute is None:
+        return {"dtype": "float32", "weights": "float32", "io": "float32"}
+    return {
+        "dtype": compute.compute_dtype,
+        "weights": "float32",
+        "io": "float32",
+        "deviation_from_float32": {
+            "max_relative": round(compute.max_relative, 6),
+            "min_cosine": round(compute.min_cosine, 6),
+            "bound_min_cosine": MIN_COSINE[compute.compute_dtype],
+            "measured_on": "the export's verify images (3 random images)",
+        },
+    }
+
+
+def serving_facts(output: str, signatures: list[str], serving_size: int) -> dict:
+    """How to call each serving signature: its input, an example REST body and CLI line."""
+    facts = {}
+    for kind, (name, argument) in spec.SERVING_SIGNATURES.items():
+        if name not in signatures:
+            continue
+        if kind == "image_bytes":
+            about = {
+                "input": {"name": argument, "dtype": "string", "shape": [None]},
+                "size": serving_size,
+                "decoding": f"each element an encoded {spec.IMAGE_FORMATS} image; grayscale, "
+                "palette and RGBA become RGB; resized bilinearly to "
+                f"{serving_size}x{serving_size}",
+                "rest_body": {
+                    "signature_name": name,
+                    "instances": [{argument: {"b64": "<base64 of the JPEG file>"}}],
+                },
+                "saved_model_cli": (
+                    "python -c \"import numpy as np; np.save('bytes.npy', "
+                    "np.array([open('cat.jpg', 'rb').read()]))\" && saved_model_cli run "
+                    f"--dir PATH --tag_set serve --signature_def {name} "
+                    f"--inputs {argument}=bytes.npy"
+                ),
+            }
+        else:
+            values = "0..255" if kind == "uint8" else "[0, 1]"
+            zeros = f"np.zeros((1, {serving_size}, {serving_size}, 3), np.{kind})"
+            about = {
+                "input": {
+                    "name": argument,
+                    "dtype": kind,
+                    "shape": [None, None, None, 3],
+                    "values": f"RGB in {values}",
+                },
+                "rest_body": {
+                    "signature_name": name,
+                    "instances": [{argument: f"<height x width x 3 nested list, {values}>"}],
+                },
+                "saved_model_cli": (
+                    f"saved_model_cli run --dir PATH --tag_set serve --signature_def {name} "
+                    f"--input_exprs '{argument}={zeros}'"
+                ),
+            }
+        facts[name] = {**about, "output": output}
+    return facts
 
 
 def card(facts: dict) -> str:
@@ -123,6 +196,8 @@ def card(facts: dict) -> str:
         ),
         f"- **Signatures**: {', '.join(facts['signatures'])} (inference only, output "
         f"`{facts['output']['name']}`).",
+        *_serving_lines(facts["serving"]),
+        *_compute_lines(facts["compute"]),
         f"- **TensorFlow**: exported with {facts['tensorflow']['exported_with']}; needs "
         f"{facts['tensorflow']['minimum']} or newer (the oldest version tested).",
         f"- **Made by**: exporter {facts['exporter_version']} with Keras {facts['keras_version']}.",
@@ -131,9 +206,37 @@ def card(facts: dict) -> str:
     return "\n".join(lines)
 
 
-def write(module, directory: Path, signatures: list[str]) -> dict:
+def _serving_lines(serving: dict) -> list[str]:
+    lines = []
+    for name, about in serving.items():
+        argument = about["input"]
+        lines += [
+            f"  - `{name}`: input `{argument['name']}`, {argument['dtype']} "
+            f"{argument['shape']}" + (f"; {about['decoding']}" if "decoding" in about else "")
+            + ". TF Serving REST (`POST /v1/models/MODEL:predict`) body:",
+            f"    `{json.dumps(about['rest_body'])}`; with saved_model_cli:",
+            f"    `{about['saved_model_cli']}`",
+        ]  # fmt: skip
+    return lines
+
+
+def _compute_lines(compute: dict) -> list[str]:
+    if compute["dtype"] == "float32":
+        return []
+    measured = compute["deviation_from_float32"]
+    return [
+        f"- **Compute dtype**: {compute['dtype']} (Keras mixed policy); weights, input and "
+        f"output float32. Measured against float32 on the verify images: max difference "
+        f"{measured['max_relative']:.2%} of the output scale, least cosine similarity "
+        f"{measured['min_cosine']:.5f} (the export fails below {measured['bound_min_cosine']})."
+    ]
+
+
+def write(
+    module, directory: Path, signatures: list[str], *, serving_size=None, compute=None
+) -> dict:
     """Write the card and metadata of ``module`` into the SavedModel ``directory``."""
-    facts = metadata(module, signatures)
+    facts = metadata(module, signatures, serving_size=serving_size, compute=compute)
     (directory / METADATA_FILE).parent.mkdir(exist_ok=True)
     (directory / METADATA_FILE).write_text(json.dumps(facts, indent=2) + "\n", encoding="utf-8")
     (directory / CARD_FILE).write_text(card(facts), encoding="utf-8")

@@ -4,6 +4,8 @@ Usage:
     python -m exporter.classification --backbone=resnet50 --out=DIR
         [--num_classes=N] [--labels=FILE] [--weights=imagenet|none|PATH]
         [--weight_decay=X] [--dropout_rate=R] [--overwrite]
+        [--serving_inputs=float32,uint8,image_bytes] [--serving_size=N]
+        [--compute_dtype=float32|bfloat16|float16]
 """
 
 from absl import flags
@@ -44,6 +46,9 @@ def main(argv: list[str]) -> None:
             weight_decay=cli.WEIGHT_DECAY.value,
             dropout_rate=_DROPOUT_RATE.value,
             overwrite=cli.OVERWRITE.value,
+            serving_inputs=cli.SERVING_INPUTS.value,
+            serving_size=cli.SERVING_SIZE.value,
+            compute_dtype=cli.COMPUTE_DTYPE.value,
         )
     )
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from absl import app, flags
 
-from exporter import build, console, progress, registry
+from exporter import build, console, precision, progress, registry
 from exporter.errors import ExportError
 
 BACKBONE = flags.DEFINE_string(
@@ -25,6 +25,18 @@ WEIGHT_DECAY = flags.DEFINE_float(
 )  # fmt: skip
 OVERWRITE = flags.DEFINE_bool(
     "overwrite", False, "Replace an existing SavedModel at --out (atomically)."
+)
+SERVING_INPUTS = flags.DEFINE_list(
+    "serving_inputs", ["float32"], "Comma-separated inputs to serve: float32 (serving_default, "
+    "always exported), uint8 (serving_uint8: uint8 pixels 0..255) and image_bytes "
+    "(serving_bytes: encoded JPEG/PNG/GIF/BMP/WebP, for TF Serving's {\"b64\": ...}).",
+)  # fmt: skip
+SERVING_SIZE = flags.DEFINE_integer(
+    "serving_size", None, "Height and width serving_bytes resizes every image to. "
+    "Default: the backbone's native size.", lower_bound=1,
+)  # fmt: skip
+COMPUTE_DTYPE = flags.DEFINE_enum(
+    "compute_dtype", "float32", list(precision.COMPUTE_DTYPES), f"{precision.HELP}."
 )
 LIST_BACKBONES = flags.DEFINE_bool(
     "list_backbones", False, "Print every registered backbone with its facts, then exit."

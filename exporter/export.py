@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from exporter import registry
+from exporter import precision, registry, serving
 from exporter.build import build_classifier, build_feature_vector
 from exporter.errors import ExportError
 from exporter.save import check_destination, save
@@ -32,8 +32,14 @@ def export_feature_vector(
     pooling: str = "avg",
     weight_decay: float = 0.0,
     overwrite: bool = False,
+    serving_inputs: str | list[str] | None = None,
+    serving_size: int | None = None,
+    compute_dtype: str = "float32",
 ) -> Path:
     """Export a registered backbone as an image feature vector SavedModel.
+
+    ``serving_inputs`` and ``serving_size`` are ``exporter.save``'s; ``compute_dtype`` is
+    ``build_feature_vector``'s.
 
     Example:
         >>> export_feature_vector("mobilenet_v2", "/tmp/fv", weights="none")
@@ -41,10 +47,20 @@ def export_feature_vector(
     """
     check_destination(out, overwrite)
     registry.get(backbone)
+    _check_serving(serving_inputs, compute_dtype)
     module = build_feature_vector(
-        backbone, weights=weights, pooling=pooling, weight_decay=weight_decay
+        backbone, weights=weights, pooling=pooling, weight_decay=weight_decay,
+        compute_dtype=compute_dtype,
+    )  # fmt: skip
+    return save(
+        module, out, overwrite=overwrite, serving_inputs=serving_inputs, serving_size=serving_size
     )
-    return save(module, out, overwrite=overwrite)
+
+
+def _check_serving(serving_inputs, compute_dtype: str) -> None:
+    """Refuse bad serving inputs or compute dtype before anything slow is built."""
+    serving.parse_inputs(serving_inputs)
+    precision.check(compute_dtype)
 
 
 def export_classifier(
@@ -57,6 +73,9 @@ def export_classifier(
     weight_decay: float = 0.0,
     dropout_rate: float | None = None,
     overwrite: bool = False,
+    serving_inputs: str | list[str] | None = None,
+    serving_size: int | None = None,
+    compute_dtype: str = "float32",
 ) -> Path:
     """Export a registered backbone as an image classification SavedModel (logits).
 
@@ -64,6 +83,9 @@ def export_classifier(
         labels: A list of class names, or the path of a file with one per line.
         dropout_rate: The default of the ``dropout_rate`` hparam; ``None``: the backbone's
             own top dropout, or 0.2.
+        serving_inputs: See ``exporter.save``.
+        serving_size: See ``exporter.save``.
+        compute_dtype: See ``build_classifier``.
 
     Example:
         >>> export_classifier("mobilenet_v2", "/tmp/cls", weights="none", num_classes=5)
@@ -83,8 +105,11 @@ def export_classifier(
         )
     if dropout_rate is not None and not 0.0 <= dropout_rate < 1.0:
         raise ExportError(f"Expected dropout_rate in [0, 1). Received: {dropout_rate!r}.")
+    _check_serving(serving_inputs, compute_dtype)
     module = build_classifier(
         backbone, weights=weights, num_classes=num_classes, labels=labels,
-        weight_decay=weight_decay, dropout_rate=dropout_rate,
+        weight_decay=weight_decay, dropout_rate=dropout_rate, compute_dtype=compute_dtype,
     )  # fmt: skip
-    return save(module, out, overwrite=overwrite)
+    return save(
+        module, out, overwrite=overwrite, serving_inputs=serving_inputs, serving_size=serving_size
+    )

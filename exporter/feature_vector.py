@@ -3,6 +3,8 @@
 Usage:
     python -m exporter.feature_vector --backbone=resnet50 --out=DIR
         [--weights=imagenet|none|PATH] [--pooling=avg|max] [--weight_decay=X] [--overwrite]
+        [--serving_inputs=float32,uint8,image_bytes] [--serving_size=N]
+        [--compute_dtype=float32|bfloat16|float16]
 """
 
 from absl import flags
@@ -25,6 +27,9 @@ def main(argv: list[str]) -> None:
             pooling=_POOLING.value,
             weight_decay=cli.WEIGHT_DECAY.value,
             overwrite=cli.OVERWRITE.value,
+            serving_inputs=cli.SERVING_INPUTS.value,
+            serving_size=cli.SERVING_SIZE.value,
+            compute_dtype=cli.COMPUTE_DTYPE.value,
         )
     )
 

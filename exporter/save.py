@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from exporter import card, conformance, spec
+from exporter import card, conformance, precision, serving, spec
 from exporter.errors import ExportError
 from exporter.module import ImageModule
 from exporter.progress import stage
@@ -57,13 +57,24 @@ def check_destination(out: str | os.PathLike, overwrite: bool) -> Path:
     return out
 
 
-def save(module: ImageModule, out: str | os.PathLike, *, overwrite: bool = False) -> Path:
+def save(
+    module: ImageModule,
+    out: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    serving_inputs: str | list[str] | None = None,
+    serving_size: int | None = None,
+) -> Path:
     """Save ``module`` as a SavedModel at ``out``, verified, or leave ``out`` untouched.
 
     Args:
         module: The module to export.
         out: The SavedModel directory to create (or replace, see ``overwrite``).
         overwrite: Replace an existing SavedModel at ``out``.
+        serving_inputs: The serving signatures' inputs (``exporter.serving``): ``float32``
+            (``serving_default``, always), ``uint8`` (``serving_uint8``) and
+            ``image_bytes`` (``serving_bytes``, encoded images).
+        serving_size: The size ``serving_bytes`` resizes to; default the native size.
 
     Returns:
         The absolute path of the export.
@@ -76,6 +87,14 @@ def save(module: ImageModule, out: str | os.PathLike, *, overwrite: bool = False
         PosixPath('/tmp/mobilenet_v2')
     """
     out = check_destination(out, overwrite)
+    kinds = serving.parse_inputs(serving_inputs)
+    if "image_bytes" in kinds:
+        serving_size = serving.check_size(module, serving_size)
+    elif serving_size is not None:
+        raise ExportError(
+            "serving_size is the size serving_bytes resizes to; add image_bytes to "
+            f"serving_inputs. Received: serving_inputs={list(kinds)}, serving_size={serving_size}."
+        )
     created = []
     tmp = None
     try:
@@ -89,9 +108,9 @@ def save(module: ImageModule, out: str | os.PathLike, *, overwrite: bool = False
         with stage("trace"):
             module.trace()
         with stage("save"), _explained_io_errors(out):
-            _write(module, tmp)
+            _write(module, tmp, kinds, serving_size)
         with stage("verify"):
-            verify(tmp, module)
+            verify(tmp, module, serving_size)
         with _explained_io_errors(out):
             _move_into_place(tmp, out)
     except BaseException:
@@ -141,23 +160,39 @@ def _make_parents(parent: Path) -> list[Path]:
     return missing  # Deepest first, the order to remove them in.
 
 
-def _write(module: ImageModule, directory: Path) -> None:
+def _write(module: ImageModule, directory: Path, kinds=("float32",), serving_size=None) -> None:
     labels = getattr(module, "labels", None)
     with tempfile.TemporaryDirectory() as scratch:
         if labels:
             path = Path(scratch, LABELS_FILE)
             path.write_text("".join(f"{label}\n" for label in labels), encoding="utf-8")
             module.labels_file = tf.saved_model.Asset(str(path))
-        signatures = {"serving_default": module.serve.get_concrete_function()}
+        signatures = serving.signatures(module, kinds, serving_size)
         try:
             tf.saved_model.save(module, str(directory), signatures=signatures)
         finally:
             if labels:
                 del module.labels_file
-    card.write(module, directory, list(signatures))
+    deviation = _deviation(module, _verify_images(module))
+    card.write(module, directory, list(signatures), serving_size=serving_size, compute=deviation)
 
 
-def verify(directory: Path, module: ImageModule) -> None:
+def _verify_images(module: ImageModule) -> tf.Tensor:
+    # Batch 3 at the rules' first size: the shape they call with too, so it is traced once.
+    size = spec.probe_sizes(module.min_size, module.native_size, module.fixed_size is not None)[0]
+    return tf.constant(np.random.default_rng(0).random((3, size, size, 3), np.float32))
+
+
+def _deviation(module: ImageModule, images: tf.Tensor) -> precision.Deviation | None:
+    """The deviation from float32 of a module built in a lower precision, if it has a twin."""
+    twin = getattr(module, "float32_twin", None)
+    if twin is None:
+        return None
+    dtype = precision.compute_dtype_of(module.keras_backbone)
+    return precision.deviation(dtype, module(images), twin.module(images))
+
+
+def verify(directory: Path, module: ImageModule, serving_size: int | None = None) -> None:
     """Reload ``directory`` and check it against ``module``; raise ExportError if it differs.
 
     Compares inference, through ``__call__`` and ``serving_default``, with the in-memory
@@ -167,9 +202,7 @@ def verify(directory: Path, module: ImageModule) -> None:
     """
     problems = []
     loaded = tf.saved_model.load(str(directory))
-    # Batch 3 at the rules' first size: the shape they call with too, so it is traced once.
-    size = spec.probe_sizes(module.min_size, module.native_size, module.fixed_size is not None)[0]
-    images = tf.constant(np.random.default_rng(0).random((3, size, size, 3), np.float32))
+    images = _verify_images(module)
     expected = module(images, training=False).numpy()
     outputs = {
         "__call__(training=False)": loaded(images, training=False),
@@ -182,6 +215,10 @@ def verify(directory: Path, module: ImageModule) -> None:
             )
         elif not conformance.close(output.numpy(), expected):
             problems.append(f"{name} differs from the in-memory model")
+    problems += _serving_problems(loaded, module, serving_size)
+    deviation = _deviation(module, images)
+    if deviation is not None and not deviation.within_bound():
+        problems.append(f"the {deviation.describe()} is past its bound")
     if len(loaded.variables) != len(module.variables):
         problems.append(
             f"{len(loaded.variables)} variables saved, {len(module.variables)} expected"
@@ -194,6 +231,30 @@ def verify(directory: Path, module: ImageModule) -> None:
     problems += [f"rule {r.rule}: {r.message}" for r in report.results if r.status == "fail"]
     if problems:
         raise ExportError(f"The export failed verification: {'; '.join(problems)}.")
+
+
+def _serving_problems(loaded, module: ImageModule, serving_size: int | None) -> list[str]:
+    """Compare serving_uint8 and serving_bytes with ``__call__`` on the same pixels."""
+    problems = []
+    size = serving_size or module.native_size
+    pixels = np.random.default_rng(1).integers(0, 256, (2, size, size, 3), dtype=np.uint8)
+    inputs = {
+        "serving_uint8": {"images": tf.constant(pixels)},
+        # PNG is lossless, and the images already have the size serving_bytes resizes to.
+        "serving_bytes": {"image_bytes": tf.stack([tf.io.encode_png(p) for p in pixels])},
+    }
+    expected = None
+    for name, arguments in inputs.items():
+        if name not in loaded.signatures:
+            continue
+        if expected is None:
+            expected = module(tf.constant(pixels, tf.float32) / 255.0, training=False).numpy()
+        outputs = loaded.signatures[name](**arguments)
+        if list(outputs) != [module.output_name]:
+            problems.append(f"{name} has outputs {sorted(outputs)}, expected {module.output_name}")
+        elif not conformance.close(outputs[module.output_name].numpy(), expected):
+            problems.append(f"{name} differs from __call__ on the same pixels")
+    return problems
 
 
 def _move_into_place(tmp: Path, out: Path) -> None:

@@ -97,3 +97,15 @@ def _check_sizes(images: tf.Tensor, *, min_size: int, fixed_size: int | None):
     else:
         check = tf.debugging.assert_greater_equal(size, min_size, message=message, summarize=2)
     return [check]
+
+
+# Serving signatures (SPEC.md, "signatures"): --serving_inputs value -> (signature, input name).
+# They never take `training`, and each has the same one output as serving_default.
+SERVING_SIGNATURES = {
+    "float32": ("serving_default", "images"),
+    "uint8": ("serving_uint8", "images"),
+    "image_bytes": ("serving_bytes", "image_bytes"),
+}
+UINT8_SPEC = tf.TensorSpec([None, None, None, CHANNELS], tf.uint8, name="images")
+BYTES_SPEC = tf.TensorSpec([None], tf.string, name="image_bytes")
+IMAGE_FORMATS = "JPEG, PNG, GIF, BMP or WebP"

@@ -1,4 +1,4 @@
-"""The real consumers of SPEC.md load our exports: tf-keras + hub, Keras 3, TF1, TFLite."""
+"""The real consumers of SPEC.md load our exports: tf-keras + hub, Keras 3, TF1, LiteRT."""
 
 import numpy as np
 import pytest
@@ -76,10 +76,12 @@ def test_tf1_session_loader_runs_serving_default_by_tensor_names(export):
 
 
 @pytest.mark.parametrize("name", CORE)
-def test_tflite_converter(export, name):
+def test_litert_runs_the_converted_serving_default(export, name):
+    from ai_edge_litert.interpreter import Interpreter  # tf.lite.Interpreter is deprecated.
+
     path = str(export("feature_vector", name, "none"))
     converter = tf.lite.TFLiteConverter.from_saved_model(path, signature_keys=["serving_default"])
-    interpreter = tf.lite.Interpreter(model_content=converter.convert())
+    interpreter = Interpreter(model_content=converter.convert())
     runner = interpreter.get_signature_runner("serving_default")
     images = random_images(1, 64)
     output = runner(images=images)["feature_vector"]

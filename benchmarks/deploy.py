@@ -1,0 +1,141 @@
+"""Latency and size of one export in every runtime it deploys to, in the same run.
+
+Usage:
+    python benchmarks/deploy.py [--backbones=mobilenet_v2,resnet50] [--batches=1,16]
+        [--size=224] [--repeats=10]
+
+Per backbone: exports a feature vector (random weights, batch norm calibrated so features
+are of order 1 and the quantized conversions verify meaningfully) in float32 and bfloat16,
+converts the float32 export with ``exporter.use.convert`` to LiteRT (float32, float16,
+dynamic_int8) and ONNX, and times each at the given batch sizes. The anchor (1.0x) is the
+float32 SavedModel's ``__call__``; the median of ``--repeats`` calls after one warm-up.
+Needs ``pip install 'exporter[convert]'``.
+"""
+
+import os
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import app, flags
+
+import exporter
+from exporter.build import with_compute_dtype
+from exporter.use import convert
+
+_BACKBONES = flags.DEFINE_list("backbones", ["mobilenet_v2", "resnet50"], "Backbones to measure.")
+_BATCHES = flags.DEFINE_list("batches", ["1", "16"], "Batch sizes to time.")
+_SIZE = flags.DEFINE_integer("size", 224, "Height and width of the timed images.")
+_REPEATS = flags.DEFINE_integer("repeats", 10, "Timed calls per measurement (median).")
+
+
+def _calibrated_weights(facts, size: int) -> list:
+    """Random weights with batch norm set to one batch's statistics (features of order 1)."""
+    keras.utils.set_random_seed(0)
+    model = facts.build(include_top=False, weights=None, input_shape=(None, None, 3))
+    family = getattr(keras.applications, facts.family)
+    images = family.preprocess_input(np.random.default_rng(0).random((8, size, size, 3)) * 255)
+    norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    for layer in norms:
+        layer.momentum = 0.0
+    model(images.astype("float32"), training=True)
+    return model.get_weights()
+
+
+def _module(facts, weights: list, compute_dtype: str):
+    def make():
+        model = facts.build(include_top=False, weights=None, input_shape=(None, None, 3))
+        model.set_weights(weights)
+        return exporter.FeatureVectorModule(
+            model, preprocessing=facts.preprocessing, min_size=facts.min_size,
+            native_size=facts.native_size, name=facts.name,
+        )  # fmt: skip
+
+    return with_compute_dtype(make, compute_dtype)
+
+
+def _median_ms(run, images: np.ndarray) -> float:
+    run(images)  # Warm-up: tracing, allocation, delegate preparation.
+    times = []
+    for _ in range(_REPEATS.value):
+        start = time.perf_counter()
+        run(images)
+        times.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(times)
+
+
+def _bytes(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def _runners(scratch: Path, facts, weights: list) -> dict:
+    """name -> (callable on float32 images, bytes on disk, a note)."""
+    threads = os.cpu_count()
+    runners = {}
+    for dtype in ("float32", "bfloat16"):
+        path = exporter.save(_module(facts, weights, dtype), scratch / dtype)
+        loaded = tf.saved_model.load(str(path))
+        label = "SavedModel __call__" + ("" if dtype == "float32" else f" ({dtype})")
+        runners[label] = (lambda x, m=loaded: m(tf.constant(x)), _bytes(path))
+        if dtype == "float32":
+            serve = loaded.signatures["serving_default"]
+            runners["SavedModel serving_default"] = (
+                lambda x, s=serve: s(images=tf.constant(x)), _bytes(path))  # fmt: skip
+    import onnxruntime
+    from ai_edge_litert.interpreter import Interpreter
+
+    for quantize in convert.QUANTIZATIONS:
+        done = convert.convert(scratch / "float32", scratch / f"{quantize}.tflite", to="litert",
+                               quantize=quantize)  # fmt: skip
+        runner = Interpreter(model_path=str(done.path), num_threads=threads).get_signature_runner()
+        runners[f"LiteRT {quantize}"] = (lambda x, r=runner: r(images=x), done.size_bytes)
+        print(f"  {done.summary().splitlines()[-1].strip()}  [LiteRT {quantize}]", flush=True)
+    done = convert.convert(scratch / "float32", scratch / "model.onnx", to="onnx")
+    session = onnxruntime.InferenceSession(str(done.path), providers=["CPUExecutionProvider"])
+    runners["onnxruntime"] = (lambda x: session.run(None, {"images": x}), done.size_bytes)
+    return runners
+
+
+def main(argv):
+    del argv
+    batches = [int(b) for b in _BATCHES.value]
+    size = _SIZE.value
+    print(
+        f"TensorFlow {tf.__version__}, {os.cpu_count()} CPUs, images {size}x{size}, median of "
+        f"{_REPEATS.value} calls; anchor: the float32 SavedModel's __call__"
+    )
+    for name in _BACKBONES.value:
+        facts = exporter.get_backbone(name)
+        scratch = Path(tempfile.mkdtemp(prefix="deploy-bench-"))
+        try:
+            print(f"\n{name}: exporting and converting ...", flush=True)
+            runners = _runners(scratch, facts, _calibrated_weights(facts, 64))
+            rng = np.random.default_rng(0)
+            images = {b: rng.random((b, size, size, 3), dtype=np.float32) for b in batches}
+            rows = {label: [_median_ms(run, images[b]) for b in batches]
+                    for label, (run, _) in runners.items()}  # fmt: skip
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        anchor = rows["SavedModel __call__"]
+        anchor_bytes = runners["SavedModel __call__"][1]
+        header = " | ".join(f"batch {b} ms (x)" for b in batches)
+        print(f"\n| {name} | MB (x) | {header} |")
+        print("|---|---|" + "---|" * len(batches))
+        for label, times in rows.items():
+            megabytes = runners[label][1] / 1e6
+            cells = " | ".join(
+                f"{t:.1f} ({t / a:.2f}x)" for t, a in zip(times, anchor, strict=True)
+            )
+            ratio = runners[label][1] / anchor_bytes
+            print(f"| {label} | {megabytes:.1f} ({ratio:.2f}x) | {cells} |")
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,62 @@
+"""Convert an export to LiteRT or ONNX, verified in the target's runtime before it is written.
+
+Usage:
+    python -m exporter.convert EXPORT --to=litert|onnx --out=FILE
+        [--quantize=none|float16|dynamic_int8] [--size=H[,W]] [--overwrite]
+
+Converts serving_default, runs the result in ai_edge_litert or onnxruntime at two sizes and
+batch sizes 1 and 3 against the SavedModel, prints the measured parity, and writes FILE and
+FILE.json (admissible sizes, preprocessing, labels, the export's fingerprint) only if it is
+within the mode's tolerance. Needs: pip install 'exporter[convert]'.
+"""
+
+import logging as std_logging
+import sys
+
+from absl import app, flags, logging
+
+from exporter import console
+from exporter.errors import ExportError
+from exporter.use import convert
+
+_TO = flags.DEFINE_enum("to", None, list(convert.RUNTIMES), "The target runtime.")
+_OUT = flags.DEFINE_string(
+    "out", None, "The file to write (.tflite or .onnx); FILE.json is written beside it."
+)
+_QUANTIZE = flags.DEFINE_enum(
+    "quantize", "none", list(convert.QUANTIZATIONS), "LiteRT only: none (float32), float16 "
+    "(float16 weights, half the size) or dynamic_int8 (dynamic-range int8 weights).",
+)  # fmt: skip
+_SIZE = flags.DEFINE_string(
+    "size", None, "A fixed input size H or H,W, which mobile runtimes prefer. Default: the "
+    "export's own (dynamic height and width, or its one size).",
+)  # fmt: skip
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace FILE and FILE.json if they exist.")
+
+
+def main(argv: list[str]) -> None:
+    console.quiet_python_logs()
+    if len(argv) != 2:
+        sys.exit("error: expected one SavedModel directory (EXPORT); see --help.")
+    if not _TO.value or not _OUT.value:
+        sys.exit("error: --to and --out are required; see --help.")
+    try:
+        result = convert.convert(
+            argv[1],
+            _OUT.value,
+            to=_TO.value,
+            quantize=_QUANTIZE.value,
+            size=_SIZE.value,
+            overwrite=_OVERWRITE.value,
+        )
+    except ExportError as error:
+        sys.exit(f"error: {error}")
+    print(result.summary())
+    print(f"warning: {result.warning}")
+    logging.info("converted to %s", result.path)
+
+
+if __name__ == "__main__":
+    # TensorFlow's and the converters' own INFO lines drown the stages and the figures.
+    std_logging.getLogger("tensorflow").setLevel(std_logging.WARNING)
+    app.run(main)

@@ -1,0 +1,478 @@
+"""Convert an export to LiteRT or ONNX, verified in the target's own runtime.
+
+Always from ``serving_default`` (``__call__`` cannot convert: its hparam
+``PlaceholderWithDefault``; ``serving_bytes`` neither: ``DecodeImage`` is no LiteRT or ONNX
+op). The converted model is written to a hidden temporary sibling of ``out``, run in
+``ai_edge_litert`` or ``onnxruntime`` on random images at two sizes and batch sizes 1 and 3,
+compared with the SavedModel's ``__call__``, and only then renamed into place, with a
+sidecar ``out + '.json'`` that carries what the converted model no longer checks.
+
+Tolerance per mode, relative to the largest absolute value of the SavedModel's output:
+float32 (``quantize='none'``) agrees within ``3e-4``; ``float16`` and ``dynamic_int8``
+report their error and cosine similarity and fail only past ``BOUNDS``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from exporter import spec
+from exporter.errors import ExportError
+from exporter.progress import stage
+
+RUNTIMES = ("litert", "onnx")
+QUANTIZATIONS = ("none", "float16", "dynamic_int8")
+ONNX_OPSET = 17
+INSTALL = "pip install 'exporter[convert]'"
+SIDECAR_FORMAT = "exporter-conversion/1"
+_TMP_TAG = "exporter-tmp"
+_DEFAULT_SIZES = (224, 192)  # For exports that document no size range.
+_BATCHES = (1, 3)
+
+
+@dataclasses.dataclass(frozen=True)
+class Bound:
+    """How far a converted model may be from the SavedModel before conversion fails."""
+
+    max_relative: float  # Largest absolute difference over the reference output's scale.
+    min_cosine: float  # Least cosine similarity of an output row to the reference row.
+
+
+# float32 is exact up to reassociation; float16 weights and dynamic-range int8 change the
+# numbers by design: their bounds catch a broken conversion, not the quantization itself.
+# Measured (MobileNetV2, random weights with calibrated batch norm): float16 about 1% of the
+# scale, cosine 0.9999; dynamic_int8 about 30%, cosine 0.97 (see BUILD_NOTES.md).
+BOUNDS = {
+    # 1e-4 was the first bound: LiteRT's XNNPack gave a calibrated random ResNet50 1.03e-4.
+    "none": Bound(max_relative=3e-4, min_cosine=0.99999),
+    "float16": Bound(max_relative=0.1, min_cosine=0.999),
+    "dynamic_int8": Bound(max_relative=1.0, min_cosine=0.9),
+}
+INPUT_CHECKS_WARNING = (
+    "The converted model does not check its input: {runtime} drops the SavedModel's in-graph "
+    "checks, so they are now the caller's. Pass float32 NHWC RGB images in [0, 1] with "
+    "{requirement} pixels; see {sidecar}."
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Check:
+    """One verification call: the converted model against the SavedModel."""
+
+    height: int
+    width: int
+    batch: int
+    max_relative: float
+    min_cosine: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Conversion:
+    """A verified conversion: where it went and how close it came."""
+
+    path: Path
+    sidecar: Path
+    to: str
+    quantize: str
+    size_bytes: int
+    bound: Bound
+    checks: tuple[Check, ...]
+    warning: str
+
+    def summary(self) -> str:
+        """Lines for a person: the file, then each check's error and cosine similarity."""
+        lines = [
+            f"wrote {self.path} ({self.size_bytes / 1e6:.1f} MB, {self.to}, "
+            f"quantize={self.quantize}) and {self.sidecar.name}",
+            f"parity with the SavedModel's __call__ (bound: max difference <= "
+            f"{self.bound.max_relative:g} of the output scale, cosine >= {self.bound.min_cosine}):",
+        ]
+        lines += [
+            f"  {c.height}x{c.width} batch {c.batch}: max difference {c.max_relative:.2e} of "
+            f"the scale, cosine {c.min_cosine:.6f}"
+            for c in self.checks
+        ]
+        return "\n".join(lines)
+
+
+def parse_size(size: int | str | tuple[int, int] | list[int] | None) -> tuple[int, int] | None:
+    """Return ``(height, width)`` from ``H``, ``'H,W'`` or a pair; None stays None (dynamic)."""
+    if size is None or size == "":
+        return None
+    try:
+        if isinstance(size, str):
+            size = [int(part) for part in size.split(",")]
+        elif isinstance(size, int):
+            size = [size]
+        values = [int(v) for v in size]
+    except (TypeError, ValueError):
+        values = []
+    if len(values) == 1:
+        values *= 2
+    if len(values) != 2 or min(values) < 1:
+        raise ExportError(f"Expected size as H or H,W (positive ints). Received: {size!r}.")
+    return values[0], values[1]
+
+
+def convert(
+    export: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    to: str,
+    quantize: str = "none",
+    size: int | str | tuple[int, int] | None = None,
+    overwrite: bool = False,
+) -> Conversion:
+    """Convert the SavedModel ``export`` to ``to`` at ``out``, verified, or write nothing.
+
+    Args:
+        export: A SavedModel directory with a ``serving_default`` signature that takes float32
+            images [batch, height, width, 3]; ours, or anyone's.
+        out: The file to write (``.tflite`` or ``.onnx``); ``out + '.json'`` is the sidecar.
+        to: ``litert`` or ``onnx``.
+        quantize: ``none``, ``float16`` (weights) or ``dynamic_int8`` (dynamic-range);
+            LiteRT only.
+        size: A fixed input size, ``H`` or ``(H, W)``, which mobile runtimes prefer; default
+            dynamic height and width. The batch size stays free.
+        overwrite: Replace existing files at ``out`` and its sidecar.
+
+    Returns:
+        The conversion, with the verification figures (``summary()`` prints them).
+
+    Raises:
+        ExportError: On bad arguments, a missing extra, a failed conversion, or a converted
+            model past its tolerance; nothing is written then.
+
+    Example:
+        >>> convert("exports/mobilenet_v2", "mobilenet_v2.tflite", to="litert").summary()
+    """
+    if to not in RUNTIMES:
+        raise ExportError(f"Unknown runtime {to!r}; known: {', '.join(RUNTIMES)}.")
+    if quantize not in QUANTIZATIONS:
+        raise ExportError(f"Unknown quantize {quantize!r}; known: {', '.join(QUANTIZATIONS)}.")
+    if to == "onnx" and quantize != "none":
+        raise ExportError(f"Expected quantize=none for ONNX. Received: quantize={quantize!r}.")
+    fixed = parse_size(size)
+    out = Path(out).expanduser().absolute()
+    sidecar = out.with_name(out.name + ".json")
+    _check_out(out, sidecar, overwrite)
+    runtime = _Runtime.for_target(to)
+    source = _Source(Path(export).expanduser().absolute(), fixed)
+    with stage(f"convert {source.path.name} to {to} (quantize={quantize})"):
+        content = runtime.convert(source, quantize)
+    temporaries = []
+    try:
+        model_tmp = _temporary(out, content)
+        temporaries.append(model_tmp)
+        with stage(f"verify in {runtime.name}"):
+            checks = _verify(runtime, model_tmp, source, BOUNDS[quantize])
+        warning = INPUT_CHECKS_WARNING.format(
+            runtime=runtime.name, requirement=source.requirement, sidecar=sidecar.name
+        )
+        facts = _sidecar(source, runtime, quantize, checks, warning)
+        temporaries.append(_temporary(sidecar, (json.dumps(facts, indent=2) + "\n").encode()))
+        os.replace(temporaries[0], out)
+        os.replace(temporaries[1], sidecar)
+    finally:
+        for path in temporaries:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+    return Conversion(
+        out, sidecar, to, quantize, len(content), BOUNDS[quantize], tuple(checks), warning
+    )
+
+
+def _check_out(out: Path, sidecar: Path, overwrite: bool) -> None:
+    for path in (out, sidecar):
+        if path.is_dir():
+            raise ExportError(f"Expected --out to be a file path. Received a directory: {path}.")
+        if path.exists() and not overwrite:
+            raise ExportError(f"{path} exists; pass --overwrite to replace it.")
+    if not out.parent.is_dir():
+        raise ExportError(f"No such directory: {out.parent}.")
+
+
+def _temporary(path: Path, content: bytes) -> Path:
+    handle, name = tempfile.mkstemp(
+        prefix=f".{path.name}.{_TMP_TAG}-{os.getpid()}-", dir=path.parent
+    )
+    with os.fdopen(handle, "wb") as file:
+        file.write(content)
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(name, 0o666 & ~mask)  # mkstemp's 0600 would otherwise reach `out`.
+    return Path(name)
+
+
+class _Source:
+    """The export: its serving_default, its reference __call__ and its documented facts."""
+
+    def __init__(self, path: Path, fixed: tuple[int, int] | None):
+        if not (path / spec.SAVED_MODEL_FILE).is_file():
+            raise ExportError(f"Not a SavedModel: no {spec.SAVED_MODEL_FILE} in {path}.")
+        self.path = path
+        self.loaded = tf.saved_model.load(str(path))
+        self.signature = self.loaded.signatures.get("serving_default")
+        if self.signature is None:
+            raise ExportError(f"{path} has no serving_default signature to convert.")
+        arguments = self.signature.structured_input_signature[1]
+        if len(arguments) != 1 or next(iter(arguments.values())).dtype != tf.float32:
+            raise ExportError(
+                f"Expected serving_default to take one float32 images input. "
+                f"Received: {sorted(arguments)}."
+            )
+        self.input_name = next(iter(arguments))
+        self.metadata = _read_json(path / "assets.extra" / "metadata.json")
+        facts = self.metadata.get("input") or {}
+        self.min_size = facts.get("min_size") if isinstance(facts.get("min_size"), int) else 1
+        native = facts.get("native_size")
+        fixed_size = native if facts.get("fixed_size") and isinstance(native, int) else None
+        if fixed is not None:
+            _check_fixed(fixed, self.min_size, fixed_size)
+        elif fixed_size is not None:
+            fixed = (fixed_size, fixed_size)
+        self.fixed = fixed
+        if fixed is not None:
+            self.sizes = (fixed,)
+            self.requirement = f"height {fixed[0]} and width {fixed[1]}"
+        elif isinstance(native, int) and self.min_size > 1:
+            self.sizes = tuple((s, s) for s in spec.probe_sizes(self.min_size, native, False))
+            self.requirement = spec.size_requirement(self.min_size, None)
+        else:
+            self.sizes = tuple((s, s) for s in _DEFAULT_SIZES)
+            self.requirement = "the height and width the model's documentation states"
+
+    def function(self) -> tf.types.experimental.PolymorphicFunction:
+        """serving_default, with the fixed size where one is asked for."""
+        height, width = self.fixed or (None, None)
+        shape = [None, height, width, spec.CHANNELS]
+        signature, name = self.signature, self.input_name
+
+        @tf.function(input_signature=[tf.TensorSpec(shape, tf.float32, name)])
+        def serve(images):
+            return signature(**{name: images})
+
+        return serve
+
+    def reference(self, images: np.ndarray) -> np.ndarray:
+        """The SavedModel's own answer: __call__ in inference, else serving_default."""
+        images = tf.constant(images)
+        if callable(self.loaded):
+            with contextlib.suppress(TypeError, ValueError):
+                return np.asarray(self.loaded(images, training=False))
+        return np.asarray(next(iter(self.signature(**{self.input_name: images}).values())))
+
+
+def _check_fixed(fixed, min_size: int, fixed_size: int | None) -> None:
+    if fixed_size is not None and fixed != (fixed_size, fixed_size):
+        raise ExportError(
+            f"Expected size {fixed_size} (the export is fixed-size). Received: {fixed}."
+        )
+    if min(fixed) < min_size:
+        raise ExportError(
+            f"Expected a size of at least {min_size} (the export's min_size). Received: {fixed}."
+        )
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        facts = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return facts if isinstance(facts, dict) else {}
+
+
+def _verify(runtime, model: Path, source: _Source, bound: Bound) -> list[Check]:
+    run = runtime.load(model, source.input_name)
+    checks, problems = [], []
+    rng = np.random.default_rng(0)
+    for height, width in source.sizes:
+        for batch in _BATCHES:
+            images = rng.random((batch, height, width, spec.CHANNELS), dtype=np.float32)
+            expected = source.reference(images)
+            actual = np.asarray(run(images))
+            if actual.shape != expected.shape:
+                problems.append(
+                    f"{height}x{width} batch {batch}: shape {actual.shape}, expected "
+                    f"{expected.shape}"
+                )
+                continue
+            check = Check(height, width, batch, *_difference(actual, expected))
+            checks.append(check)
+            if check.max_relative > bound.max_relative or check.min_cosine < bound.min_cosine:
+                problems.append(
+                    f"{height}x{width} batch {batch}: max difference {check.max_relative:.2e} "
+                    f"of the scale, cosine {check.min_cosine:.6f}"
+                )
+    if problems:
+        raise ExportError(
+            f"The {runtime.name} model failed verification against the SavedModel (bound: "
+            f"max difference <= {bound.max_relative:g}, cosine >= {bound.min_cosine}): "
+            f"{'; '.join(problems)}. Nothing was written."
+        )
+    return checks
+
+
+def _difference(actual: np.ndarray, expected: np.ndarray) -> tuple[float, float]:
+    actual, expected = actual.astype(np.float64), expected.astype(np.float64)
+    scale = max(float(np.max(np.abs(expected))), 1e-12)
+    norms = np.linalg.norm(actual, axis=-1) * np.linalg.norm(expected, axis=-1)
+    cosine = np.sum(actual * expected, axis=-1) / np.maximum(norms, 1e-30)
+    return float(np.max(np.abs(actual - expected)) / scale), float(np.min(cosine))
+
+
+def _sidecar(source: _Source, runtime, quantize: str, checks, warning: str) -> dict:
+    facts = source.metadata
+    labels_file = source.path / "assets" / "labels.txt"
+    labels = labels_file.read_text(encoding="utf-8").splitlines() if labels_file.is_file() else None
+    height, width = source.fixed or (None, None)
+    return {
+        "format": SIDECAR_FORMAT,
+        "runtime": runtime.name,
+        "runtime_versions": runtime.versions(),
+        "quantize": quantize,
+        "source": {"path": str(source.path), "fingerprint": _fingerprint(source.path)},
+        "task": facts.get("task"),
+        "input": {
+            "name": source.input_name,
+            "dtype": "float32",
+            "shape": [None, height, width, spec.CHANNELS],
+            "layout": "NHWC",
+            "color": "RGB",
+            "range": [0.0, 1.0],
+            "admissible": source.requirement,
+            "checked_by_the_model": False,
+        },
+        "input_checks": warning,
+        "preprocessing": facts.get("preprocessing"),
+        "output": facts.get("output"),
+        "classes": facts.get("classes"),
+        "labels": labels,
+        "verification": {
+            "reference": "the SavedModel's __call__(images, training=False)",
+            "bound": dataclasses.asdict(BOUNDS[quantize]),
+            "checks": [dataclasses.asdict(check) for check in checks],
+        },
+    }
+
+
+def _fingerprint(path: Path) -> dict:
+    """The SavedModel's own fingerprint where TensorFlow wrote one, and a hash of its graph."""
+    facts = {"saved_model_pb_sha256": hashlib.sha256((path / spec.SAVED_MODEL_FILE).read_bytes())}
+    facts["saved_model_pb_sha256"] = facts["saved_model_pb_sha256"].hexdigest()
+    with contextlib.suppress(Exception):  # Older SavedModels have no fingerprint.pb.
+        fingerprint = tf.saved_model.experimental.read_fingerprint(str(path))
+        facts["tensorflow"] = {
+            name: int(getattr(fingerprint, name))
+            for name in (
+                "saved_model_checksum",
+                "graph_def_program_hash",
+                "signature_def_hash",
+                "saved_object_graph_hash",
+                "checkpoint_hash",
+            )  # fmt: skip
+        }
+    return facts
+
+
+def _require(module: str, runtime: str):
+    try:
+        return __import__(module, fromlist=["_"])
+    except ImportError:
+        raise ExportError(
+            f"Converting to {runtime} needs {module.split('.')[0]}: {INSTALL}"
+        ) from None
+
+
+class _Runtime:
+    """A target runtime: how to convert for it, load a converted file, and run it."""
+
+    name = ""
+
+    @staticmethod
+    def for_target(to: str) -> _Runtime:
+        return _LiteRT() if to == "litert" else _ONNX()
+
+
+class _LiteRT(_Runtime):
+    name = "ai_edge_litert"
+
+    def __init__(self):
+        self.interpreter = _require("ai_edge_litert.interpreter", "litert").Interpreter
+
+    def convert(self, source: _Source, quantize: str) -> bytes:
+        if source.fixed is None:
+            converter = tf.lite.TFLiteConverter.from_saved_model(
+                str(source.path), signature_keys=["serving_default"]
+            )
+        else:
+            converter = tf.lite.TFLiteConverter.from_concrete_functions(
+                [source.function().get_concrete_function()], source.loaded
+            )
+        if quantize != "none":
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        if quantize == "float16":
+            converter.target_spec.supported_types = [tf.float16]
+        try:
+            return converter.convert()
+        except Exception as error:
+            raise ExportError(f"LiteRT conversion failed: {_first_line(error)}") from error
+
+    def load(self, path: Path, input_name: str):
+        interpreter = self.interpreter(model_path=str(path))
+        runner = interpreter.get_signature_runner()  # The only one: serving_default.
+        return lambda images: next(iter(runner(**{input_name: images}).values()))
+
+    def versions(self) -> dict:
+        import ai_edge_litert
+
+        return {"tensorflow": tf.__version__, "ai_edge_litert": _version(ai_edge_litert)}
+
+
+class _ONNX(_Runtime):
+    name = "onnxruntime"
+
+    def __init__(self):
+        self.tf2onnx = _require("tf2onnx", "onnx")
+        self.onnxruntime = _require("onnxruntime", "onnx")
+
+    def convert(self, source: _Source, quantize: str) -> bytes:
+        function = source.function()
+        try:
+            proto, _ = self.tf2onnx.convert.from_function(
+                function, input_signature=function.input_signature, opset=ONNX_OPSET
+            )
+        except Exception as error:
+            raise ExportError(f"ONNX conversion failed: {_first_line(error)}") from error
+        return proto.SerializeToString()
+
+    def load(self, path: Path, input_name: str):
+        session = self.onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        name = session.get_inputs()[0].name
+        return lambda images: session.run(None, {name: images})[0]
+
+    def versions(self) -> dict:
+        return {
+            "tensorflow": tf.__version__,
+            "tf2onnx": _version(self.tf2onnx),
+            "onnxruntime": _version(self.onnxruntime),
+            "opset": ONNX_OPSET,
+        }
+
+
+def _version(module) -> str:
+    return str(getattr(module, "__version__", "unknown"))
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:300] if text else type(error).__name__

@@ -67,7 +67,8 @@ def check_safe(path: str) -> None:
         listed = ", ".join(f"{op} in {where}" for op, where in found)
         raise UnsafeModelError(
             f"Refusing to load {path}: it has unsafe ops ({listed}). A pipeline must not run "
-            "graphs that write files on its workers; pass allow_unsafe_ops=True to run it anyway."
+            "graphs that write files on its workers; pass allow_unsafe_ops=True "
+            "(--allow_unsafe_ops) to run it anyway."
         )
 
 

@@ -390,24 +390,36 @@ def test_cli_bad_flags_fail_with_one_line(feature_vector, corpus, tmp_path):
         "unknown flag": ([model, images, out, "--direct_num_worker=2"], 2,
                          "error: unknown flags ['--direct_num_worker']"),
     }  # fmt: skip
-    environ = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path), **OFFLINE}
-    running = {
-        name: subprocess.Popen(
-            [sys.executable, "-m", "exporter.embed", *flags],
-            cwd=REPO,
-            env=environ,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )  # fmt: skip
-        for name, (flags, _, _) in cases.items()
-    }
-    for name, process in running.items():
-        _, stderr = process.communicate(timeout=180)
-        _, code, message = cases[name]
+    # One process runs every case through absl's app.run as `python -m` does: a process per
+    # case would pay TensorFlow's and Beam's imports six times.
+    driver = (
+        "import contextlib, io, json, sys\n"
+        "from absl import app, flags\n"
+        "from exporter import embed\n"
+        "results = {}\n"
+        "for name, argv in json.loads(sys.argv[1]).items():\n"
+        "    flags.FLAGS.unparse_flags()\n"
+        "    sys.argv, stderr = ['exporter.embed', *argv], io.StringIO()\n"
+        "    with contextlib.redirect_stderr(stderr):\n"
+        "        try:\n"
+        "            app.run(embed.main, flags_parser=embed._parse)\n"
+        "        except SystemExit as exit:\n"
+        "            results[name] = [exit.code, stderr.getvalue()]\n"
+        "print(json.dumps(results))\n"
+    )
+    argvs = json.dumps({name: flags for name, (flags, _, _) in cases.items()})
+    done = subprocess.run(
+        [sys.executable, "-c", driver, argvs], cwd=REPO, capture_output=True, text=True,
+        timeout=180, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin",
+                          "HOME": str(tmp_path), **OFFLINE},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    results = json.loads(done.stdout.strip().splitlines()[-1])
+    for name, (_, code, message) in cases.items():
+        returncode, stderr = results[name]
         lines = [line for line in stderr.splitlines() if line.startswith("error:")]
-        assert process.returncode == code, (name, stderr)
-        assert lines and lines[0].startswith(message), (name, stderr)
+        assert returncode == code, (name, stderr)
+        assert len(lines) == 1 and lines[0].startswith(message), (name, stderr)
         assert "Traceback" not in stderr, name
     assert not list(tmp_path.glob("o-*"))
 

@@ -446,6 +446,7 @@ class Summary:
     seconds: float
     records: list[str]
     errors: list[str]
+    model_load_seconds: float = 0.0  # Summed over workers, from RunInference's metrics.
 
     @property
     def images_per_second(self) -> float:
@@ -493,6 +494,11 @@ def _counters(result) -> dict[str, int]:
         name = counter.key.metric.name
         totals[name] = totals.get(name, 0) + (counter.result or 0)
     return totals
+
+
+def _model_load_seconds(result) -> float:
+    query = result.metrics().query(MetricsFilter().with_name("load_model_latency_milli_secs"))
+    return sum(d.result.sum for d in query["distributions"] if d.result) / 1000.0
 
 
 def run(
@@ -549,6 +555,7 @@ def run(
         seconds=seconds,
         records=_files(f"{transform.out}-[0-9]*-of-*.{format}"),
         errors=_files(errors),
+        model_load_seconds=_model_load_seconds(result),
     )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -229,11 +230,31 @@ def classifier_run(classifier, corpus, tmp_path_factory):
         str(classifier), str(root / "a" / "*.*"), str(out), batch_size=4, image_size=SIZE,
         format="tfrecord", top_k=3,
     )  # fmt: skip
-    with beam.Pipeline(runner="FnApiRunner") as p:
-        result = p | transform
-        assert set(result) == {"records", "errors"}
+    lines = _ListHandler()
+    logger = logging.getLogger("exporter")
+    logger.addHandler(lines)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    interval, embed._PROGRESS_SECONDS = embed._PROGRESS_SECONDS, 0.0  # Log every image.
+    try:
+        with beam.Pipeline(runner="FnApiRunner") as p:
+            result = p | transform
+            assert set(result) == {"records", "errors"}
+    finally:
+        embed._PROGRESS_SECONDS = interval
+        logger.setLevel(level)
+        logger.removeHandler(lines)
     expected = [path for path in good if Path(path).parent == root / "a"]
-    return p.result, out, expected
+    return p.result, out, expected, lines.messages
+
+
+class _ListHandler(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.messages = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
 
 
 def _parse_examples(out: Path, output: str) -> dict[str, dict]:
@@ -255,7 +276,7 @@ def _parse_examples(out: Path, output: str) -> dict[str, dict]:
 
 
 def test_classifier_gives_top_k_labels_in_tfrecord(classifier_run, classifier):
-    _, out, expected = classifier_run
+    _, out, expected, _ = classifier_run
     records = _parse_examples(out, "logits")
     assert sorted(records) == expected
     logits = np.asarray(tf.saved_model.load(str(classifier))(reference_images(expected)))
@@ -270,7 +291,7 @@ def test_classifier_gives_top_k_labels_in_tfrecord(classifier_run, classifier):
 
 
 def test_model_loads_once_per_worker_and_counters_add_up(classifier_run):
-    result, _, expected = classifier_run
+    result, _, expected, messages = classifier_run
     metrics = result.metrics().query(MetricsFilter())
     loads = [d for d in metrics["distributions"]
              if d.key.metric.name.endswith("load_model_latency_milli_secs")]  # fmt: skip
@@ -280,6 +301,11 @@ def test_model_loads_once_per_worker_and_counters_add_up(classifier_run):
     assert counters["images_read"] == counters["images_embedded"] == len(expected)
     assert counters["batches"] >= len(expected) // 4 > 1
     assert counters.get("images_failed", 0) == 1  # a/truncated.jpg
+    # Progress while it runs (every 10 s by default; here after every image).
+    count = len(expected)
+    assert any(f"read {count} images, 1 failed on this worker so far" in m
+               for m in messages), messages[-5:]  # fmt: skip
+    assert any(f"embedded {count} images on this worker so far" in m for m in messages)
 
 
 # -- the handler on its own ----------------------------------------------------------------
@@ -396,6 +422,8 @@ def test_cli_bad_flags_fail_with_one_line(feature_vector, corpus, tmp_path):
         "import contextlib, io, json, sys\n"
         "from absl import app, flags\n"
         "from exporter import embed\n"
+        "from exporter.use import embed as library\n"
+        "assert embed.pipeline is library.pipeline  # The Python entry point.\n"
         "results = {}\n"
         "for name, argv in json.loads(sys.argv[1]).items():\n"
         "    flags.FLAGS.unparse_flags()\n"

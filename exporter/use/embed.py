@@ -162,6 +162,23 @@ def _reason(error: Exception) -> str:
     return message.split(" [Op:", 1)[0].strip()
 
 
+class _Progress:
+    """Log one worker's counts every few seconds while the pipeline runs."""
+
+    def __init__(self, template: str):
+        self.template, self.counts = template, {"images": 0, "failed": 0}
+        self.start = self.last = time.monotonic()
+
+    def add(self, what: str) -> None:
+        self.counts[what] += 1
+        now = time.monotonic()
+        if now - self.last >= _PROGRESS_SECONDS:
+            self.last = now
+            rate = self.counts["images"] / (now - self.start)
+            line = self.template.format(**self.counts)
+            logger.info("%s on this worker so far (%.1f images/s)", line, rate)
+
+
 class _DecodeImages(beam.DoFn):
     """``ReadableFile`` -> ``(path, image)``, or ``{"path", "error"}`` on the ``errors`` tag."""
 
@@ -172,16 +189,21 @@ class _DecodeImages(beam.DoFn):
         self.read = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "images_read")
         self.failed = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "images_failed")
 
+    def setup(self):
+        self.progress = _Progress("read {images} images, {failed} failed")
+
     def process(self, readable):
         path = readable.metadata.path
         try:
             image = decode_image(readable.read(), self.image_size)
         except (tf.errors.OpError, OSError) as error:
             self.failed.inc()
+            self.progress.add("failed")
             logger.warning("not an image, skipped: %s: %s", path, _reason(error))
             yield beam.pvalue.TaggedOutput(self.ERRORS, {"path": path, "error": _reason(error)})
             return
         self.read.inc()
+        self.progress.add("images")
         yield path, image
 
 
@@ -230,7 +252,7 @@ class _ToRecords(beam.DoFn):
         self.embedded = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "images_embedded")
 
     def setup(self):
-        self.count, self.start, self.last = 0, time.monotonic(), time.monotonic()
+        self.progress = _Progress("embedded {images} images")
 
     def process(self, keyed):
         path, result = keyed
@@ -245,16 +267,8 @@ class _ToRecords(beam.DoFn):
             ]
         record["model"] = self.facts.fingerprint
         self.embedded.inc()
-        self._progress()
+        self.progress.add("images")
         yield record
-
-    def _progress(self):
-        self.count += 1
-        now = time.monotonic()
-        if now - self.last >= _PROGRESS_SECONDS:
-            self.last = now
-            rate = self.count / (now - self.start)
-            logger.info("embedded %d images on this worker (%.1f images/s)", self.count, rate)
 
 
 def _parquet_schema(facts: ModelFacts, top_k: int | None):

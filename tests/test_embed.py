@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -189,6 +190,20 @@ def test_cli_lists_broken_files_counts_them_and_exits_0(cli_run, corpus):
     assert "in 8 batches" in summary and "images/s; records: " in summary
     for path in broken:
         assert f"not an image, skipped: {path}" in done.stderr
+
+
+def test_readme_reads_the_output_with_pandas(cli_run, corpus):
+    pytest.importorskip("pandas")
+    section = (REPO / "README.md").read_text().split("## Batch embedding at scale", 1)[1]
+    snippet = re.findall(r"```python\n(.*?)```", section.split("\n## ", 1)[0], re.S)[1]
+    assert "pd.read_parquet" in snippet and "errors" in snippet
+    out = cli_run[1]
+    scope: dict = {}
+    exec(snippet.replace("embeddings/photos", str(out)), scope)
+    _, good, broken = corpus
+    assert sorted(scope["vectors"]["path"]) == good
+    assert len(scope["vectors"]["embedding"].iloc[0]) == 1280
+    assert sorted(scope["not_images"]["path"]) == broken
 
 
 def test_default_runner_downloads_nothing(cli_run):

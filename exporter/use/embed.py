@@ -20,6 +20,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -85,8 +86,6 @@ def _fingerprint(path: str) -> str:
         return tf.saved_model.experimental.read_fingerprint(path).singleprint()
     except (tf.errors.NotFoundError, ValueError):
         # SavedModels written before TF 2.12 have no fingerprint.pb.
-        import hashlib
-
         with tf.io.gfile.GFile(f"{path}/saved_model.pb", "rb") as file:
             return "sha256:" + hashlib.sha256(file.read()).hexdigest()
 
@@ -439,6 +438,8 @@ def pipeline(
     facts = describe_model(model, allow_unsafe_ops=allow_unsafe_ops)
     size = _image_size(facts, image_size)
     _check_top_k(facts, top_k)
+    if top_k and facts.task is None:  # No metadata, but asked for classes: logits it is.
+        facts = dataclasses.replace(facts, output="logits")
     handler = SavedModelHandler(
         facts.path,
         min_batch_size=batch_size,

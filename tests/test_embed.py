@@ -367,7 +367,7 @@ def test_unsafe_model_is_refused_before_it_loads(tmp_path, corpus):
     assert target.read_text() == "pwned"  # The scan is what stood between us and the write.
 
 
-@pytest.mark.parametrize("mode", ["RGB", "L", "P", "RGBA", "GIF", "BMP"])
+@pytest.mark.parametrize("mode", ["RGB", "L", "P", "RGBA", "GIF", "BMP", "WEBP"])
 def test_decode_image_gives_rgb_in_0_1(mode):
     rng = np.random.default_rng(5)
     image = Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8))
@@ -375,8 +375,11 @@ def test_decode_image_gives_rgb_in_0_1(mode):
         first, second = image.convert("P"), image.rotate(90).convert("P")
         data = _encode(first, "GIF", save_all=True, append_images=[second])
         expected = first.convert("RGB")
-    elif mode == "BMP":
-        data, expected = _encode(image, "BMP"), image
+    elif mode in ("BMP", "WEBP"):
+        data, expected = (
+            _encode(image, mode, **({"lossless": True} if mode == "WEBP" else {})),
+            image,
+        )
     else:
         converted = image.convert(mode)
         data, expected = _encode(converted, "PNG"), converted.convert("RGB")

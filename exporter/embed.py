@@ -32,7 +32,9 @@ _IMAGES = flags.DEFINE_string(
 _OUT = flags.DEFINE_string(
     "out", None, "Output prefix: writes PREFIX-SSSSS-of-NNNNN.FORMAT and PREFIX-errors-*.jsonl."
 )
-_BATCH_SIZE = flags.DEFINE_integer("batch_size", 32, "Images per model call (at most).")
+_BATCH_SIZE = flags.DEFINE_integer(
+    "batch_size", 32, "Images per model call (fewer only at the end of a bundle)."
+)
 _IMAGE_SIZE = flags.DEFINE_integer(
     "image_size", None, "Resize images to this height and width; default: the export's native "
     "size from its metadata, else 224."

@@ -329,7 +329,16 @@ class WriteRecords(beam.PTransform):
 class Embed(beam.PTransform):
     """The whole job as one transform; see ``pipeline``."""
 
-    def __init__(self, facts, images, out, image_size, format, top_k, handler):
+    def __init__(
+        self,
+        facts: ModelFacts,
+        images: str,
+        out: str | None,
+        image_size: int,
+        format: str,
+        top_k: int | None,
+        handler: SavedModelHandler,
+    ):
         super().__init__()
         self.facts, self.images, self.out = facts, images, out
         self.image_size, self.format, self.top_k, self.handler = image_size, format, top_k, handler

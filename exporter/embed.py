@@ -1,0 +1,120 @@
+"""Embed (or classify) every image of a folder or glob with an export, on Apache Beam.
+
+Usage:
+    python -m exporter.embed --model=EXPORT --images=GLOB_OR_DIR --out=PREFIX
+        [--batch_size=32] [--image_size=N] [--format=parquet|tfrecord|jsonl] [--top_k=K]
+        [--runner=FnApiRunner] [any Beam pipeline option, e.g. --direct_num_workers=2]
+
+Writes PREFIX-SSSSS-of-NNNNN.FORMAT (one record per image) and
+PREFIX-errors-SSSSS-of-NNNNN.jsonl (the files that are not images, with the reason).
+Exit status: 0 when the pipeline ran (even if some files were not images), 1 when it
+failed, 2 on a bad flag, model, glob or output prefix.
+"""
+
+import logging as std_logging
+import sys
+
+from absl import app, flags, logging
+
+try:
+    from exporter.use.embed import DEFAULT_RUNNER, FORMATS, EmbedError, pipeline, run
+except ImportError as error:
+    if __name__ != "__main__" or "exporter[beam]" not in str(error):
+        raise
+    sys.exit(f"error: {error}")
+
+__all__ = ["pipeline", "run"]
+
+_MODEL = flags.DEFINE_string("model", None, "The export: a SavedModel directory (or gs://...).")
+_IMAGES = flags.DEFINE_string(
+    "images", None, "A glob of image files, or a directory (every file under it, recursively)."
+)
+_OUT = flags.DEFINE_string(
+    "out", None, "Output prefix: writes PREFIX-SSSSS-of-NNNNN.FORMAT and PREFIX-errors-*.jsonl."
+)
+_BATCH_SIZE = flags.DEFINE_integer(
+    "batch_size", 32, "Images per model call (fewer only at the end of a bundle)."
+)
+_IMAGE_SIZE = flags.DEFINE_integer(
+    "image_size", None, "Resize images to this height and width; default: the export's native "
+    "size from its metadata, else 224."
+)  # fmt: skip
+_FORMAT = flags.DEFINE_enum("format", "parquet", list(FORMATS), "Output file format.")
+_TOP_K = flags.DEFINE_integer(
+    "top_k", None, "Classifiers: add the K best (label, score) pairs from assets/labels.txt."
+)
+_RUNNER = flags.DEFINE_string(
+    "runner", DEFAULT_RUNNER, "Beam runner: FnApiRunner (local, downloads nothing), "
+    "DataflowRunner, FlinkRunner, ... Other Beam pipeline options are passed through."
+)  # fmt: skip
+_ALLOW_UNSAFE_OPS = flags.DEFINE_bool(
+    "allow_unsafe_ops", False, "Run the model even if its graph has ops that touch files, "
+    "processes, the network or Python."
+)  # fmt: skip
+
+USAGE_ERROR, FAILED = 2, 1
+
+
+def _parse(argv: list[str]) -> list[str]:
+    # Flags we do not define are Beam pipeline options, passed through to Beam.
+    try:
+        return flags.FLAGS(argv, known_only=True)
+    except flags.Error as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(USAGE_ERROR)
+
+
+def _unknown_options(args: list[str]) -> list[str]:
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    options = PipelineOptions(args)
+    known = options.get_all_options()
+    every = options.get_all_options(retain_unknown_options=True)
+    return sorted(f"--{name}" for name in set(every) - set(known))
+
+
+def main(argv: list[str]) -> int:
+    beam_args = argv[1:]
+    positional = [arg for arg in beam_args if not arg.startswith("-")]
+    missing = [f"--{f.name}" for f in (_MODEL, _IMAGES, _OUT) if not f.value]
+    unknown = _unknown_options(beam_args) if not positional else []
+    problem = (
+        f"unexpected arguments {positional}; flags take the form --name=value." if positional
+        else f"{' and '.join(missing)} required; see --help." if missing
+        else f"unknown flags {unknown}: neither ours nor Beam pipeline options." if unknown
+        else None
+    )  # fmt: skip
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return USAGE_ERROR
+    try:
+        summary = run(
+            _MODEL.value,
+            _IMAGES.value,
+            _OUT.value,
+            batch_size=_BATCH_SIZE.value,
+            image_size=_IMAGE_SIZE.value,
+            format=_FORMAT.value,
+            top_k=_TOP_K.value,
+            runner=_RUNNER.value,
+            beam_args=beam_args,
+            allow_unsafe_ops=_ALLOW_UNSAFE_OPS.value,
+        )
+    except EmbedError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return USAGE_ERROR
+    except Exception as error:  # The pipeline itself failed: Beam has logged the details.
+        logging.exception("pipeline failed")
+        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        print(f"error: the pipeline failed: {type(error).__name__}: {first}", file=sys.stderr)
+        return FAILED
+    print(summary.line())
+    return 0
+
+
+if __name__ == "__main__":
+    # TensorFlow's and Beam's INFO lines drown the progress and the summary.
+    for name in ("tensorflow", "apache_beam"):
+        std_logging.getLogger(name).setLevel(std_logging.WARNING)
+    logging.set_verbosity(logging.INFO)
+    app.run(main, flags_parser=_parse)

@@ -29,6 +29,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from conftest import calibrate_batch_norm, random_images  # noqa: E402  (this script's folder is on sys.path)
+from zoo_runner import OWN_HEADS  # noqa: E402
 
 import exporter  # noqa: E402
 
@@ -52,7 +53,9 @@ def reference_and_weights(name: str, directory: Path, include_top: bool):
     else:
         model = pooled_reference(facts, None, "avg")
         size = parity_sizes(facts)[-1]  # The larger: its statistics carry down to the minimum.
-    images = preprocessed(facts, random_images(4, size, seed=5))
+    # 16 images: with fewer, deep layers see so few samples that some variances come out
+    # tiny, and other images then blow up through them (EfficientNetB7: 1e5, chaotic).
+    images = preprocessed(facts, random_images(16, size, seed=5))
     calibrate_batch_norm(model, images, gamma=(0.4, 0.6))
     path = directory / f"{name}-{'top' if include_top else 'notop'}.weights.h5"
     model.save_weights(path)
@@ -79,11 +82,32 @@ def graph_call(model, images):
     return tf.function(lambda x: model(x, training=False))(tf.constant(images)).numpy()
 
 
-def assert_close(actual, expected):
-    """Equal within 1e-4, relative to an output scale that must itself be real (> 1e-2)."""
+_ANY_SIZE = {}
+
+
+def any_size_call(model, images):
+    """``model`` in graph mode, traced once for every size (each trace of a big model costs
+    seconds, and the parity check calls each reference at two sizes)."""
+    if id(model) not in _ANY_SIZE:
+        spec = tf.TensorSpec([None, None, None, 3], tf.float32)
+        _ANY_SIZE[id(model)] = (
+            model,
+            tf.function(lambda x: model(x, training=False), input_signature=[spec]),
+        )
+    return _ANY_SIZE[id(model)][1](tf.constant(images, tf.float32)).numpy()
+
+
+def assert_close(actual, expected, tolerance: float = 1e-4):
+    """Equal within ``tolerance``, relative to an output scale that must be real (> 1e-2)."""
     scale = float(np.max(np.abs(expected)))
     assert scale > 1e-2, f"reference output scale {scale:.3g}: too small to compare against"
-    np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-4 * scale)
+    np.testing.assert_allclose(actual, expected, rtol=tolerance, atol=tolerance * scale)
+
+
+# Our graph and Keras' differ in float32 rounding (preprocessing inside or outside, pooling
+# fused or not); the deepest random networks amplify that to 4e-4 of the scale at 103 px
+# (ResNet152, max pooling). The bug this guards against (issue 8) was a factor of 3.
+BOTTLENECK_TOLERANCE = 1e-3
 
 
 def parity_sizes(facts) -> list[int]:
@@ -94,7 +118,7 @@ def parity_sizes(facts) -> list[int]:
     """
     if facts.fixed_size:
         return [facts.native_size]
-    return [facts.min_size, 2 * max(facts.min_size, 48) + 7]
+    return [facts.min_size, 2 * facts.min_size + 7]
 
 
 def feature_map_model(pooled: keras.Model) -> keras.Model:
@@ -112,11 +136,11 @@ def check_bottleneck(facts, reference: keras.Model, pooling: str, call) -> None:
     assert isinstance(last, pools) != bool(facts.norm_after_pooling), (last, facts)
     for size in parity_sizes(facts):
         images = random_images(2, size, seed=size)
-        expected = graph_call(reference, preprocessed(facts, images))
+        expected = any_size_call(reference, preprocessed(facts, images))
         assert expected.shape == (2, facts.num_features), expected.shape
         actual = np.asarray(call(tf.constant(images)))
         try:
-            assert_close(actual, expected)
+            assert_close(actual, expected, BOTTLENECK_TOLERANCE)
         except AssertionError as error:
             raise AssertionError(f"pooling={pooling}, {size}x{size}: {error}") from None
 
@@ -127,8 +151,10 @@ def check_feature_vector(name: str, scratch: Path) -> None:
     # Max pooling is checked on the in-memory module (each export's verify step already
     # proves the saved __call__ equal to it), avg pooling on the reloaded export.
     max_module = exporter.build_feature_vector(name, weights=weights, pooling="max")
-    check_bottleneck(facts, pooled_reference(facts, weights, "max"), "max", max_module)
-    del max_module
+    spec = tf.TensorSpec([None, None, None, 3], tf.float32)
+    max_call = tf.function(lambda x: max_module(x), input_signature=[spec])  # One trace.
+    check_bottleneck(facts, pooled_reference(facts, weights, "max"), "max", max_call)
+    max_module = max_call = None  # Free the model before the export.
     module = exporter.build_feature_vector(name, weights=weights)
     assert module.num_features == facts.num_features, (module.num_features, facts.num_features)
     path = exporter.save(module, scratch / "feature_vector")
@@ -141,6 +167,9 @@ def check_feature_vector(name: str, scratch: Path) -> None:
     reference = feature_map_model(pooled)
     sizes = parity_sizes(facts)
     feature_map = graph_call(reference, np.zeros((1, sizes[0], sizes[0], 3), np.float32))
+    if len(sizes) > 1:  # The larger size's map is wider than 1x1, so pooling shows there.
+        wide = reference.compute_output_shape((1, sizes[1], sizes[1], 3))
+        assert wide[1] * wide[2] > 1, (sizes, wide)
     assert feature_map.shape[-1] == facts.num_features, feature_map.shape
 
     # The minimum works on the real model; one pixel less is refused, naming the minimum.
@@ -148,8 +177,7 @@ def check_feature_vector(name: str, scratch: Path) -> None:
         with _raises(f"exactly {facts.native_size}"):
             obj(tf.zeros([1, facts.native_size + 1, facts.native_size, 3]))
     else:
-        assert feature_map.ndim == 4
-        assert graph_call(reference, np.zeros((1, facts.min_size, facts.min_size, 3))).ndim == 4
+        assert feature_map.ndim == 4  # At the minimum: sizes[0].
         with _raises(f"at least {facts.min_size}"):
             obj(tf.zeros([1, facts.min_size - 1, facts.min_size, 3]))
 
@@ -178,8 +206,8 @@ def check_feature_vector(name: str, scratch: Path) -> None:
     on_disk = sum(f.stat().st_size for f in (Path(path) / "variables").iterdir())
     weight_bytes = sum(int(np.prod(w.shape)) * 4 for w in pooled.weights)
     assert on_disk <= 1.02 * weight_bytes, (on_disk, weight_bytes)
-    if facts.norm_after_pooling:  # The norm after pooling is fine-tuned with the rest.
-        check_hub_fine_tuning(path, facts)
+    if facts.norm_after_pooling and name in OWN_HEADS:  # Once per family (convnext_tiny):
+        check_hub_fine_tuning(path, facts)  # the norm after pooling is fine-tuned too.
 
 
 def check_hub_fine_tuning(path: Path, facts) -> None:

@@ -444,6 +444,16 @@ class ImageModule(tf.Module):
             traced.get_concrete_function(spec.IMAGE_SPEC, training=training, **hparams)
         self.serve.get_concrete_function()
 
+    def traced_inference(self, images) -> tf.Tensor:
+        """Inference through the trace that ``trace()`` made and the export saves.
+
+        Calling the module instead traces its graph again for the images' shape, which
+        costs seconds for a large backbone; this reuses the shape-free trace.
+        """
+        self.trace()  # A lookup when already traced; never a shape-specific saved trace.
+        hparams = {k: tf.constant(v, tf.float32) for k, v in self._hparams.items()}
+        return self.__dict__["__call__"](tf.convert_to_tensor(images), training=False, **hparams)
+
 
 class FeatureVectorModule(ImageModule):
     """An image feature vector: the pooled last feature map, ``[batch, num_features]``.

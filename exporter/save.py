@@ -203,7 +203,7 @@ def verify(directory: Path, module: ImageModule, serving_size: int | None = None
     problems = []
     loaded = tf.saved_model.load(str(directory))
     images = _verify_images(module)
-    expected = module(images, training=False).numpy()
+    expected = module.traced_inference(images).numpy()
     outputs = {
         "__call__(training=False)": loaded(images, training=False),
         "serving_default": loaded.signatures["serving_default"](images=images)[module.output_name],
@@ -248,7 +248,7 @@ def _serving_problems(loaded, module: ImageModule, serving_size: int | None) -> 
         if name not in loaded.signatures:
             continue
         if expected is None:
-            expected = module(tf.constant(pixels, tf.float32) / 255.0, training=False).numpy()
+            expected = module.traced_inference(tf.constant(pixels, tf.float32) / 255.0).numpy()
         outputs = loaded.signatures[name](**arguments)
         if list(outputs) != [module.output_name]:
             problems.append(f"{name} has outputs {sorted(outputs)}, expected {module.output_name}")

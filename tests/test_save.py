@@ -148,3 +148,18 @@ def test_users_own_keras3_model(tmp_path, make):
     regularized = [w for w in model.weights if getattr(w, "regularizer", None)]
     expected = [0.01 * float(np.sum(np.square(w.numpy()))) for w in regularized]
     np.testing.assert_allclose(penalties, expected, rtol=1e-5)
+
+
+def test_traced_inference_reuses_the_saved_trace():
+    """verify() compares against this call: no new trace (seconds for a large backbone),
+    and the same output as calling the module."""
+    module = exporter.FeatureVectorModule(_Subclassed(), preprocessing="torch", min_size=16)
+    module.trace()
+    saved = module.__dict__["__call__"]
+    traces = saved.experimental_get_tracing_count()
+    images = tf.constant(random_images(3, 20))
+    np.testing.assert_allclose(module.traced_inference(images), module(images), rtol=1e-6)
+    local = module._local.call.experimental_get_tracing_count()  # Python calls' own traces.
+    module.traced_inference(tf.constant(random_images(1, 24)))
+    assert saved.experimental_get_tracing_count() == traces == 2
+    assert module._local.call.experimental_get_tracing_count() == local

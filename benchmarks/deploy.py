@@ -75,10 +75,14 @@ def _bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
-def _runners(scratch: Path, facts, weights: list) -> dict:
-    """name -> (callable on float32 images, bytes on disk, a note)."""
+def _runners(scratch: Path, facts, weights: list) -> tuple[dict, dict]:
+    """name -> (callable on float32 images, bytes on disk); and name -> why it was refused.
+
+    A conversion that fails its verification in the target runtime is not timed: the
+    table says why it was refused (random weights can push float16 past its bound).
+    """
     threads = os.cpu_count()
-    runners = {}
+    runners, refused = {}, {}
     for dtype in ("float32", "bfloat16"):
         path = exporter.save(_module(facts, weights, dtype), scratch / dtype)
         loaded = tf.saved_model.load(str(path))
@@ -92,15 +96,22 @@ def _runners(scratch: Path, facts, weights: list) -> dict:
     from ai_edge_litert.interpreter import Interpreter
 
     for quantize in convert.QUANTIZATIONS:
-        done = convert.convert(scratch / "float32", scratch / f"{quantize}.tflite", to="litert",
-                               quantize=quantize)  # fmt: skip
+        label = "LiteRT float32" if quantize == "none" else f"LiteRT {quantize}"
+        try:
+            done = convert.convert(scratch / "float32", scratch / f"{quantize}.tflite",
+                                   to="litert", quantize=quantize)  # fmt: skip
+        except exporter.ExportError as error:
+            bound, measured = str(error).split("(bound: ", 1)[-1].split("): ", 1)
+            refused[label] = f"bound {bound}; {measured.split(';')[0]}"
+            print(f"  refused: {refused[label]}  [{label}]", flush=True)
+            continue
         runner = Interpreter(model_path=str(done.path), num_threads=threads).get_signature_runner()
-        runners[f"LiteRT {quantize}"] = (lambda x, r=runner: r(images=x), done.size_bytes)
-        print(f"  {done.summary().splitlines()[-1].strip()}  [LiteRT {quantize}]", flush=True)
+        runners[label] = (lambda x, r=runner: r(images=x), done.size_bytes)
+        print(f"  {done.summary().splitlines()[-1].strip()}  [{label}]", flush=True)
     done = convert.convert(scratch / "float32", scratch / "model.onnx", to="onnx")
     session = onnxruntime.InferenceSession(str(done.path), providers=["CPUExecutionProvider"])
     runners["onnxruntime"] = (lambda x: session.run(None, {"images": x}), done.size_bytes)
-    return runners
+    return runners, refused
 
 
 def main(argv):
@@ -116,7 +127,7 @@ def main(argv):
         scratch = Path(tempfile.mkdtemp(prefix="deploy-bench-"))
         try:
             print(f"\n{name}: exporting and converting ...", flush=True)
-            runners = _runners(scratch, facts, _calibrated_weights(facts, 64))
+            runners, refused = _runners(scratch, facts, _calibrated_weights(facts, 64))
             rng = np.random.default_rng(0)
             images = {b: rng.random((b, size, size, 3), dtype=np.float32) for b in batches}
             rows = {label: [_median_ms(run, images[b]) for b in batches]
@@ -135,6 +146,8 @@ def main(argv):
             )
             ratio = runners[label][1] / anchor_bytes
             print(f"| {label} | {megabytes:.1f} ({ratio:.2f}x) | {cells} |")
+        for label, why in refused.items():
+            print(f"| {label} | refused by its verification: {why} |" + " |" * len(batches))
 
 
 if __name__ == "__main__":

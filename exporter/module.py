@@ -367,11 +367,15 @@ class ImageModule(tf.Module):
         Returns:
             A float32 tensor [batch_size, num_features] or [batch_size, num_classes].
         """
-        arguments = self._bind(images, training, **hparams)
+        return self._local.call(**self._call_arguments(images, training, **hparams))
+
+    def _call_arguments(self, *args, **kwargs) -> dict:
+        """``__call__``'s arguments, bound, with defaults, each hparam a float32 tensor."""
+        arguments = self._bind(*args, **kwargs)
         # Hparams go in as tensors, so every value reuses the two traces that get saved.
         for name in self._hparams:
             arguments[name] = tf.convert_to_tensor(arguments[name], tf.float32)
-        return self._local.call(**arguments)
+        return arguments
 
     def _bind(self, *args, **kwargs) -> dict:
         try:
@@ -451,8 +455,8 @@ class ImageModule(tf.Module):
         costs seconds for a large backbone; this reuses the shape-free trace.
         """
         self.trace()  # A lookup when already traced; never a shape-specific saved trace.
-        hparams = {k: tf.constant(v, tf.float32) for k, v in self._hparams.items()}
-        return self.__dict__["__call__"](tf.convert_to_tensor(images), training=False, **hparams)
+        arguments = self._call_arguments(tf.convert_to_tensor(images), training=False)
+        return self.__dict__["__call__"](**arguments)
 
 
 class FeatureVectorModule(ImageModule):

@@ -78,8 +78,8 @@ def _bytes(path: Path) -> int:
 def _runners(scratch: Path, facts, weights: list) -> tuple[dict, dict]:
     """name -> (callable on float32 images, bytes on disk); and name -> why it was refused.
 
-    A conversion that fails its verification in the target runtime is not timed: the
-    table says why it was refused (random weights can push float16 past its bound).
+    A conversion that is refused (such as one past its parity bound in the target runtime:
+    random weights can push float16 there) is not timed; the table gives the reason.
     """
     threads = os.cpu_count()
     runners, refused = {}, {}
@@ -100,10 +100,9 @@ def _runners(scratch: Path, facts, weights: list) -> tuple[dict, dict]:
         try:
             done = convert.convert(scratch / "float32", scratch / f"{quantize}.tflite",
                                    to="litert", quantize=quantize)  # fmt: skip
-        except exporter.ExportError as error:
-            bound, measured = str(error).split("(bound: ", 1)[-1].split("): ", 1)
-            refused[label] = f"bound {bound}; {measured.split(';')[0]}"
-            print(f"  refused: {refused[label]}  [{label}]", flush=True)
+        except exporter.ExportError as error:  # Its message names the bound and figures.
+            refused[label] = str(error)
+            print(f"  refused: {error}  [{label}]", flush=True)
             continue
         runner = Interpreter(model_path=str(done.path), num_threads=threads).get_signature_runner()
         runners[label] = (lambda x, r=runner: r(images=x), done.size_bytes)
@@ -147,7 +146,7 @@ def main(argv):
             ratio = runners[label][1] / anchor_bytes
             print(f"| {label} | {megabytes:.1f} ({ratio:.2f}x) | {cells} |")
         for label, why in refused.items():
-            print(f"| {label} | refused by its verification: {why} |" + " |" * len(batches))
+            print(f"| {label} | refused: {why} |" + " |" * len(batches))
 
 
 if __name__ == "__main__":

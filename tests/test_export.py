@@ -186,3 +186,30 @@ def test_each_variable_is_stored_once(export, weights_file, name):
     assert not (path / "tfhub_module.pb").exists()
     for item in path.rglob("*"):
         assert item.name[0].isalnum() or item.name[0] == "_", item
+
+
+def test_swish_gradient_is_saved_once_and_equals_keras(export, calibrated_weights):
+    """Every swish shares one saved gradient (issue 13), and gradients equal Keras' own."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    name = "efficientnet_b0"
+    path = Path(export("feature_vector", name, "calibrated"))
+    proto = saved_model_pb2.SavedModel.FromString((path / "saved_model.pb").read_bytes())
+    # Inline tf.nn.silu would register one per activation per saved function (196 here).
+    assert len(proto.meta_graphs[0].graph_def.library.registered_gradients) == 1
+
+    obj = tf.saved_model.load(str(path))
+    reference = keras_reference(name, calibrated_weights(name))
+    images = random_images(2, 64)
+    projection = tf.constant(np.random.default_rng(3).standard_normal((1280, 1)), tf.float32)
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(obj(tf.constant(images), training=False) @ projection)
+    ours = tape.gradient(loss, obj.trainable_variables)
+    keras_variables = [v.value for v in reference.trainable_variables]
+    with tf.GradientTape() as tape:
+        features = reference(_preprocess_input(name, images), training=False)
+        loss = tf.reduce_sum(tf.reduce_mean(features, axis=[1, 2]) @ projection)
+    theirs = tape.gradient(loss, keras_variables)
+    assert [v.shape for v in obj.trainable_variables] == [v.shape for v in keras_variables]
+    for actual, expected in zip(ours, theirs, strict=True):
+        _close(actual, expected, rtol=1e-3)

@@ -13,6 +13,7 @@ import keras
 import tensorflow as tf
 
 from exporter import preprocessing, spec
+from exporter.fingerprint import compute as content_fingerprint
 from exporter.module import HPARAMS
 from exporter.precision import MIN_COSINE
 from exporter.version import VERSION
@@ -27,11 +28,14 @@ def _tensorflow_minor() -> str:
     return ".".join(tf.__version__.split(".")[:2])
 
 
-def metadata(module, signatures: list[str], *, serving_size=None, compute=None) -> dict:
+def metadata(
+    module, signatures: list[str], *, serving_size=None, compute=None, fingerprint=None
+) -> dict:
     """Collect every fact SPEC.md asks the documentation to state.
 
     ``serving_size`` is the size ``serving_bytes`` resizes to; ``compute`` the measured
-    ``exporter.precision.Deviation`` of a module that computes in a lower precision.
+    ``exporter.precision.Deviation`` of a module that computes in a lower precision;
+    ``fingerprint`` the export's content fingerprint (``exporter.fingerprint.compute``).
     """
     classifier = module.task == "image_classification"
     labels = getattr(module, "labels", None)
@@ -89,6 +93,7 @@ def metadata(module, signatures: list[str], *, serving_size=None, compute=None) 
             module.output_name, signatures, serving_size or module.native_size
         ),
         "compute": compute_facts(compute),
+        "fingerprint": fingerprint,
     }
 
 
@@ -198,6 +203,7 @@ def card(facts: dict) -> str:
         f"`{facts['output']['name']}`).",
         *_serving_lines(facts["serving"]),
         *_compute_lines(facts["compute"]),
+        *_fingerprint_lines(facts.get("fingerprint")),
         f"- **TensorFlow**: exported with {facts['tensorflow']['exported_with']}; needs "
         f"{facts['tensorflow']['minimum']} or newer (the oldest version tested).",
         f"- **Made by**: exporter {facts['exporter_version']} with Keras {facts['keras_version']}.",
@@ -220,6 +226,16 @@ def _serving_lines(serving: dict) -> list[str]:
     return lines
 
 
+def _fingerprint_lines(fingerprint: dict | None) -> list[str]:
+    if not fingerprint:
+        return []
+    return [
+        f"- **Content fingerprint**: {fingerprint['algorithm']} `{fingerprint['digest']}` over "
+        f"{spec.SAVED_MODEL_FILE} and variables/ (per file in metadata.json); "
+        "`python -m exporter.check` verifies it."
+    ]
+
+
 def _compute_lines(compute: dict) -> list[str]:
     if compute["dtype"] == "float32":
         return []
@@ -235,8 +251,18 @@ def _compute_lines(compute: dict) -> list[str]:
 def write(
     module, directory: Path, signatures: list[str], *, serving_size=None, compute=None
 ) -> dict:
-    """Write the card and metadata of ``module`` into the SavedModel ``directory``."""
-    facts = metadata(module, signatures, serving_size=serving_size, compute=compute)
+    """Write the card and metadata of ``module`` into the SavedModel ``directory``.
+
+    Call it once the SavedModel itself is written: the metadata records its content
+    fingerprint.
+    """
+    facts = metadata(
+        module,
+        signatures,
+        serving_size=serving_size,
+        compute=compute,
+        fingerprint=content_fingerprint(directory),
+    )
     (directory / METADATA_FILE).parent.mkdir(exist_ok=True)
     (directory / METADATA_FILE).write_text(json.dumps(facts, indent=2) + "\n", encoding="utf-8")
     (directory / CARD_FILE).write_text(card(facts), encoding="utf-8")

@@ -17,11 +17,13 @@ import tensorflow as tf
 from google.protobuf.message import DecodeError
 from tensorflow.core.protobuf import saved_model_pb2
 
-from exporter import card, spec, unsafe_ops
+from exporter import card, fingerprint, spec, unsafe_ops
 
 RULES = {
     "no_tfhub_module_pb": "There is no tfhub_module.pb (the deprecated TF1 Hub format).",
     "file_names": "Every file and folder name starts with a letter, digit or underscore.",
+    "fingerprint": "The content fingerprint in the metadata matches saved_model.pb and every "
+    "file under variables/: nothing changed since the export.",
     "safe_ops": "No op touches files, processes, the network or Python (scanned before loading).",
     "loads": "tf.saved_model.load reads the directory.",
     "callable": "The root object has a traced __call__.",
@@ -255,6 +257,22 @@ class _Checker:
         if bad:
             return FAIL, f"names that cannot be packed for model hubs: {', '.join(bad[:5])}"
         return PASS, "all names start with a letter, digit or underscore"
+
+    def _fingerprint(self):
+        severity = FAIL if self.strict_metadata else WARN
+        if self.metadata is None:  # The metadata rule reports that.
+            return (FAIL if self.strict_metadata else SKIP), f"not run: {self.metadata_error}"
+        recorded = self.metadata.get("fingerprint")
+        if recorded is None:
+            return severity, "the metadata records no content fingerprint: changes are undetectable"
+        try:
+            problems = fingerprint.mismatches(recorded, self.path)
+        except fingerprint.FingerprintError as error:
+            return FAIL, str(error)
+        if problems:
+            return FAIL, f"the files changed since the export: {'; '.join(problems)}"
+        files = len(recorded["files"])
+        return PASS, f"{files} files match the recorded {fingerprint.ALGORITHM} digests"
 
     def _safe_ops(self):
         found = unsafe_ops.scan(self.proto)

@@ -226,6 +226,48 @@ def test_metadata_hparams_must_match_the_call_signature(export, tmp_path, change
     assert expected in report.to_text()
 
 
+@pytest.mark.parametrize("change", ["graph", "added", "malformed"])
+def test_fingerprint_detects_changes_that_still_load_and_run(export, tmp_path, change):
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    copy = tmp_path / "model"
+    shutil.copytree(export("feature_vector", "mobilenet_v2", "none"), copy)
+    if change == "graph":  # A valid graph, one string edited: every other rule passes.
+        pb = copy / "saved_model.pb"
+        proto = saved_model_pb2.SavedModel.FromString(pb.read_bytes())
+        proto.meta_graphs[0].meta_info_def.tensorflow_git_version = "edited"
+        pb.write_bytes(proto.SerializeToString())
+        expected = "the files changed since the export: saved_model.pb changed"
+    elif change == "added":
+        (copy / "variables" / "extra.txt").write_text("not a shard")
+        expected = "variables/extra.txt was added"
+    else:
+        path = copy / "assets.extra" / "metadata.json"
+        facts = json.loads(path.read_text())
+        facts["fingerprint"]["files"]["saved_model.pb"] = "0" * 64  # Digest no longer covers it.
+        path.write_text(json.dumps(facts))
+        expected = "the recorded fingerprint is malformed"
+    report = conformance.check(copy)
+    assert report.failed() == ["fingerprint"], report.to_text()
+    assert expected in report.to_text()
+    done = run_cli("check", str(copy))
+    assert done.returncode == 1 and "FAIL  fingerprint" in done.stdout, done.stdout[-2000:]
+
+
+def test_metadata_without_a_fingerprint_warns(export, tmp_path):
+    copy = tmp_path / "model"
+    shutil.copytree(export("feature_vector", "mobilenet_v2", "none"), copy)
+    path = copy / "assets.extra" / "metadata.json"
+    facts = json.loads(path.read_text())
+    del facts["fingerprint"]
+    path.write_text(json.dumps(facts))
+    report = conformance.check(copy)
+    assert report.ok and [r.rule for r in report.results if r.status == "warn"] == [
+        "fingerprint"
+    ], report.to_text()
+    assert conformance.check(copy, strict_metadata=True).failed() == ["fingerprint"]
+
+
 def test_exporter_refuses_a_model_that_breaks_a_rule(tmp_path):
     inputs = keras.Input((None, None, 3))
     features = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3)(inputs))

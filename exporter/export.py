@@ -19,7 +19,12 @@ def read_labels(path: str | os.PathLike) -> list[str]:
     """
     try:
         text = Path(path).expanduser().read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as error:
+    except UnicodeDecodeError as error:
+        raise ExportError(
+            f"Expected labels file {path} to be UTF-8 text, one class name per line. Received "
+            f"byte {error.object[error.start]:#04x} at offset {error.start}, which is not UTF-8."
+        ) from None
+    except OSError as error:
         raise ExportError(f"Cannot read labels file {path}: {error.strerror or error}.") from None
     return text.rstrip("\n").split("\n") if text.strip() else []
 

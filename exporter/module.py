@@ -448,6 +448,8 @@ class ImageModule(tf.Module):
     def _forward(self, images, *, training: bool, forget_size: bool, hparams=None):
         images = tf.convert_to_tensor(images)
         checks = spec.check_images(images, min_size=self.min_size, fixed_size=self.fixed_size)
+        if training:
+            checks += spec.check_training_images(images)
         with tf.control_dependencies(checks):
             if forget_size:
                 images = tf.raw_ops.PlaceholderWithDefault(

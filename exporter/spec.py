@@ -60,6 +60,30 @@ def check_images(
     return _check_sizes(images, min_size=min_size, fixed_size=fixed_size)
 
 
+def check_training_images(images: tf.Tensor) -> list[tf.Operation]:
+    """Run-time checks for a ``training=True`` batch: at least one image, every pixel finite.
+
+    Batch norm writes the batch's statistics into its moving averages. An empty batch has
+    NaN statistics, and one NaN or Inf pixel makes every channel's statistics NaN: from then
+    on every inference would return NaN. Inference needs neither check: an empty batch gives
+    an empty output, and a NaN or Inf pixel affects only its own image's output.
+    """
+    return [
+        tf.debugging.assert_positive(
+            tf.shape(images)[0],
+            message="Expected at least one image with training=True (batch norm would set "
+            "its moving averages to NaN from an empty batch). Received batch size:",
+        ),
+        tf.debugging.Assert(
+            tf.reduce_all(tf.math.is_finite(images)),
+            [
+                "Expected finite pixel values with training=True (a NaN or Inf pixel would set "
+                "every batch norm's moving averages to NaN). Received NaN or Inf pixels."
+            ],
+        ),  # fmt: skip
+    ]
+
+
 def size_requirement(min_size: int, fixed_size: int | None) -> str:
     """Describe the admissible height and width in words."""
     if fixed_size is not None:

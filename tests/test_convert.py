@@ -197,6 +197,63 @@ def test_failed_verification_leaves_nothing(tmp_path, to):
     assert list(folder.iterdir()) == []
 
 
+def test_efficientnet_b0_converts_to_onnx(export, tmp_path):
+    """Its serving_default captures constant tensors (Keras 3 Normalization's mean and
+    variance); tf2onnx's from_function made them inputs that no caller feeds."""
+    source = export("feature_vector", "efficientnet_b0", "calibrated")  # Shared: test_export.
+    result = convert.convert(source, tmp_path / "efficientnet_b0.onnx", to="onnx")
+    assert [(c.height, c.width, c.batch) for c in result.checks] == [
+        (s, s, b) for s in SIZES for b in (1, 3)
+    ]
+    conversion = _Converted("onnx", result.path, result.summary())
+    error, cosine = _parity(_runner(conversion), tf.saved_model.load(str(source)), 3, 32)
+    assert error <= convert.BOUNDS["none"].max_relative and cosine >= 0.99999
+
+
+class _Shifted(tf.Module):
+    """Captures a constant tensor, not a variable, as Keras 3's Normalization does."""
+
+    def __init__(self, op=tf.identity):
+        super().__init__()
+        self.kernel = tf.Variable(np.random.default_rng(0).normal(size=(3, 8)).astype("float32"))
+        self.mean = tf.constant([[[[0.4, 0.5, 0.6]]]])
+        self.op = op
+
+    @tf.function(autograph=False)
+    def __call__(self, images, training=False):
+        shifted = self.op(images - self.mean)
+        return tf.reduce_mean(tf.einsum("bhwc,cd->bhwd", shifted, self.kernel), [1, 2])
+
+
+def _save(model, path):
+    spec = tf.TensorSpec([None, None, None, 3], tf.float32)
+    for training in (False, True):
+        model.__call__.get_concrete_function(spec, training=training)
+    serve = tf.function(lambda images: {"feature_vector": model(images)}, input_signature=[spec])
+    tf.saved_model.save(model, str(path), signatures={"serving_default": serve})
+    return path
+
+
+def test_captured_constants_are_no_onnx_inputs(tmp_path):
+    source = _save(_Shifted(), tmp_path / "model")
+    result = convert.convert(source, tmp_path / "model.onnx", to="onnx")
+    conversion = _Converted("onnx", result.path, result.summary())
+    assert conversion.checks == [(s, s, b) for s in (224, 192) for b in (1, 3)]
+    error, _ = _parity(_runner(conversion), tf.saved_model.load(str(source)), 1, 32)
+    assert error <= convert.BOUNDS["none"].max_relative
+
+
+def test_a_model_the_runtime_cannot_run_is_an_export_error(tmp_path):
+    """tf2onnx leaves an op it cannot convert (Digamma) in the graph; onnxruntime refuses it."""
+    source = _save(_Shifted(lambda x: tf.math.digamma(x + 2.0)), tmp_path / "model")
+    folder = tmp_path / "out"
+    folder.mkdir()
+    with pytest.raises(ExportError, match=r"^onnxruntime could not load the converted model: "
+                       r".*No Op registered for Digamma.*\. Nothing was written\.$"):  # fmt: skip
+        convert.convert(source, folder / "model.onnx", to="onnx")
+    assert list(folder.iterdir()) == []
+
+
 def test_existing_output_is_refused(tmp_path):
     (tmp_path / "model.tflite").write_bytes(b"keep me")
     with pytest.raises(ExportError, match="exists; pass --overwrite"):

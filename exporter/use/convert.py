@@ -292,14 +292,21 @@ def _read_json(path: Path) -> dict:
 
 
 def _verify(runtime, model: Path, source: _Source, bound: Bound) -> list[Check]:
-    run = runtime.load(model, source.input_name)
+    try:
+        run = runtime.load(model, source.input_name)
+    except Exception as error:
+        raise _cannot_run(runtime, model, "load the converted model", error) from error
     checks, problems = [], []
     rng = np.random.default_rng(0)
     for height, width in source.sizes:
         for batch in _BATCHES:
             images = rng.random((batch, height, width, spec.CHANNELS), dtype=np.float32)
             expected = source.reference(images)
-            actual = np.asarray(run(images))
+            try:
+                actual = np.asarray(run(images))
+            except Exception as error:
+                what = f"run the converted model on {height}x{width} batch {batch}"
+                raise _cannot_run(runtime, model, what, error) from error
             if actual.shape != expected.shape:
                 problems.append(
                     f"{height}x{width} batch {batch}: shape {actual.shape}, expected "
@@ -320,6 +327,13 @@ def _verify(runtime, model: Path, source: _Source, bound: Bound) -> list[Check]:
             f"{'; '.join(problems)}. Nothing was written."
         )
     return checks
+
+
+def _cannot_run(runtime, model: Path, what: str, error: Exception) -> ExportError:
+    """A converted model its own runtime refuses: one line, without the temporary's path."""
+    text = str(error).strip().replace(str(model), "the model")
+    line = text.splitlines()[0][:600] if text else type(error).__name__  # ORT: cause at the end.
+    return ExportError(f"{runtime.name} could not {what}: {line.rstrip('.')}. Nothing was written.")
 
 
 def _difference(actual: np.ndarray, expected: np.ndarray) -> tuple[float, float]:
@@ -444,6 +458,7 @@ class _ONNX(_Runtime):
     def __init__(self):
         self.tf2onnx = _require("tf2onnx", "onnx")
         self.onnxruntime = _require("onnxruntime", "onnx")
+        self.numpy_helper = _require("onnx.numpy_helper", "onnx")
 
     def convert(self, source: _Source, quantize: str) -> bytes:
         function = source.function()
@@ -453,7 +468,35 @@ class _ONNX(_Runtime):
             )
         except Exception as error:
             raise ExportError(f"ONNX conversion failed: {_first_line(error)}") from error
+        self._captured_constants_as_initializers(proto, function.get_concrete_function())
         return proto.SerializeToString()
+
+    def _captured_constants_as_initializers(self, proto, concrete) -> None:
+        """Turn the graph inputs tf2onnx made of captured constant tensors into initializers.
+
+        ``from_function`` makes every non-resource input of the concrete function a graph
+        input, captures included (its SavedModel path leaves captures out). A restored
+        function captures constant tensors, e.g. Keras 3 ``Normalization``'s mean and variance
+        in EfficientNet, so the model would demand them from every caller. Each becomes an
+        initializer with the captured value, or goes where nothing reads it.
+        """
+        captured = {
+            internal.name: tf.get_static_value(external)
+            for external, internal in concrete.graph.captures
+            if external.dtype != tf.resource
+        }
+        read = _names_read(proto.graph)
+        inputs = []
+        for graph_input in proto.graph.input:
+            value = captured.get(graph_input.name)
+            if value is None:  # The image input, or anything else left to fail verification.
+                inputs.append(graph_input)
+            elif graph_input.name in read:
+                proto.graph.initializer.append(
+                    self.numpy_helper.from_array(np.asarray(value), graph_input.name)
+                )
+        del proto.graph.input[:]
+        proto.graph.input.extend(inputs)
 
     def load(self, path: Path, input_name: str):
         session = self.onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -467,6 +510,20 @@ class _ONNX(_Runtime):
             "onnxruntime": _version(self.onnxruntime),
             "opset": ONNX_OPSET,
         }
+
+
+def _names_read(graph) -> set[str]:
+    """Every value name that ``graph`` outputs or that a node in it or its subgraphs reads."""
+    names = {output.name for output in graph.output}
+    for node in graph.node:
+        names.update(node.input)
+        for attribute in node.attribute:
+            subgraphs = list(attribute.graphs)
+            if attribute.HasField("g"):
+                subgraphs.append(attribute.g)
+            for subgraph in subgraphs:
+                names |= _names_read(subgraph)
+    return names
 
 
 def _version(module) -> str:

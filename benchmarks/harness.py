@@ -3,8 +3,9 @@
 ``benchmarks/compare.py`` plans the runs and calls into this module; each measurement runs in
 a child process (``compare.py --worker=TASK --spec=FILE``, which lands in ``run_worker``), so
 that no figure depends on what an earlier one left in memory. Nothing here defines flags or
-imports TensorFlow at import time: the parent stays light, each worker imports only what its
-task needs, and the tests import the pure parts (statistics, tables, the JSON writer).
+imports TensorFlow at import time: each worker imports only what its task needs (the
+tf-keras export never imports Keras 3 or exporter), and the tests import the pure parts
+(statistics, tables, the JSON writer) without TensorFlow.
 """
 
 from __future__ import annotations

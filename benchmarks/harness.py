@@ -38,7 +38,7 @@ RSS_METHOD = (
 
 # Exporters compared in the export and load figures.
 EXPORTERS = {
-    "ours": "ours: python -m exporter.feature_vector",
+    "ours": "python -m exporter.feature_vector --weights=none",
     "keras3": "Keras 3 model.export",
     "tf_keras": 'tf-keras model.save(save_format="tf")',
 }
@@ -394,7 +394,8 @@ def markdown(report: dict) -> str:
     used = dict.fromkeys(r["variant"] for r in report["summary"])
     if used:
         lines += ["", "Variants:", ""]
-        lines += [f"- {SHORT_LABELS[v]}: {VARIANT_LABELS[v]}" for v in used]
+        lines += [f"- {SHORT_LABELS[v]}: {VARIANT_LABELS[v]}" for v in used
+                  if SHORT_LABELS[v] != VARIANT_LABELS[v]]  # fmt: skip
     index = {(r["backbone"], r["figure"], r["variant"]): r for r in report["summary"]}
     if report["ratios"]:
         lines += ["", "## Ours / anchor", "",
@@ -611,7 +612,7 @@ def plot_scaling(report: dict, path: Path) -> bool | None:
     plain = plt.FuncFormatter(lambda value, _: f"{value:g}")
     for ax, figure in zip(axes, figures, strict=True):
         named = False
-        for exporter_name, label in EXPORTERS.items():
+        for exporter_name in EXPORTERS:
             points = [
                 (params[b], index[(b, figure, exporter_name)], b)
                 for b in params
@@ -625,6 +626,7 @@ def plot_scaling(report: dict, path: Path) -> bool | None:
                 [r["median"] - r["min"] for _, r, _ in points],
                 [r["max"] - r["median"] for _, r, _ in points],
             ]
+            label = SHORT_LABELS[exporter_name]
             ax.errorbar(xs, ys, yerr=spread, fmt="o", label=label, capsize=2, markersize=4)
             if not named:  # Backbone names beside the first series drawn.
                 named = True

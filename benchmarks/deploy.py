@@ -19,6 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import harness
 import keras
 import numpy as np
 import tensorflow as tf
@@ -69,12 +70,6 @@ def _median_ms(run, images: np.ndarray) -> float:
     return 1e3 * statistics.median(times)
 
 
-def _bytes(path: Path) -> int:
-    if path.is_file():
-        return path.stat().st_size
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-
-
 def _runners(scratch: Path, facts, weights: list) -> tuple[dict, dict]:
     """name -> (callable on float32 images, bytes on disk); and name -> why it was refused.
 
@@ -85,13 +80,13 @@ def _runners(scratch: Path, facts, weights: list) -> tuple[dict, dict]:
     runners, refused = {}, {}
     for dtype in ("float32", "bfloat16"):
         path = exporter.save(_module(facts, weights, dtype), scratch / dtype)
-        loaded = tf.saved_model.load(str(path))
+        loaded, nbytes = tf.saved_model.load(str(path)), harness.directory_bytes(path)
         label = "SavedModel __call__" + ("" if dtype == "float32" else f" ({dtype})")
-        runners[label] = (lambda x, m=loaded: m(tf.constant(x)), _bytes(path))
+        runners[label] = (lambda x, m=loaded: m(tf.constant(x)), nbytes)
         if dtype == "float32":
             serve = loaded.signatures["serving_default"]
             runners["SavedModel serving_default"] = (
-                lambda x, s=serve: s(images=tf.constant(x)), _bytes(path))  # fmt: skip
+                lambda x, s=serve: s(images=tf.constant(x)), nbytes)  # fmt: skip
     import onnxruntime
     from ai_edge_litert.interpreter import Interpreter
 

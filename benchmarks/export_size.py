@@ -13,7 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
+import harness
 from absl import app, flags
 
 import exporter
@@ -24,17 +24,13 @@ _BACKBONES = flags.DEFINE_list(
 )
 
 
-def _bytes(directory: Path) -> int:
-    return sum(f.stat().st_size for f in directory.rglob("*") if f.is_file())
-
-
 def main(argv):
     del argv
     print("backbone         weights MB  ours MB  ratio  ours s  model.export MB  ratio  anchor s")
     for name in _BACKBONES.value:
         facts = exporter.get_backbone(name)
         model = facts.build(include_top=False, weights=None, input_shape=(None, None, 3))
-        weights = sum(int(np.prod(w.shape)) * np.dtype(w.dtype).itemsize for w in model.weights)
+        weights = harness.weight_bytes(model.weights)
         scratch = Path(tempfile.mkdtemp(prefix="export-size-"))
         try:
             start = time.perf_counter()
@@ -44,8 +40,8 @@ def main(argv):
             start = time.perf_counter()
             model.export(str(scratch / "anchor"), format="tf_saved_model", verbose=False)
             anchor_s = time.perf_counter() - start
-            ours = _bytes(scratch / "ours" / "variables")
-            anchor = _bytes(scratch / "anchor" / "variables")
+            ours = harness.directory_bytes(scratch / "ours" / "variables")
+            anchor = harness.directory_bytes(scratch / "anchor" / "variables")
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
         mb = 1e6

@@ -21,6 +21,7 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import harness  # noqa: E402
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
@@ -44,30 +45,8 @@ def _keras3_trainer(body, size: int):
     return model
 
 
-def _hub_trainer(path: str, size: int):
-    import tensorflow_hub as hub
-    import tf_keras
-
-    model = tf_keras.Sequential(
-        [
-            tf_keras.Input((size, size, 3)),
-            hub.KerasLayer(path, trainable=True),
-            tf_keras.layers.Dense(_CLASSES),
-        ]
-    )
-    model.compile(
-        tf_keras.optimizers.SGD(1e-3),
-        tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-    )
-    return model
-
-
 def _time_steps(model, images, labels, steps: int) -> float:
-    start = time.perf_counter()
-    for _ in range(steps):
-        loss = model.train_on_batch(images, labels)
-    float(np.asarray(loss).ravel()[0])  # Wait for the last step.
-    return (time.perf_counter() - start) / steps
+    return statistics.fmean(harness.time_steps(model, images, labels, steps))
 
 
 def main(argv):
@@ -90,7 +69,7 @@ def main(argv):
         "exporter.KerasLayer": _keras3_trainer(exporter.KerasLayer(path, trainable=True), size),
     }
     if _HUB.value:
-        trainers["tf-keras + hub.KerasLayer"] = _hub_trainer(path, size)
+        trainers["tf-keras + hub.KerasLayer"] = harness.hub_trainer(path, size, _CLASSES)
     for name, model in trainers.items():
         start = time.perf_counter()
         _time_steps(model, images, labels, 1)

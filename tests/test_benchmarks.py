@@ -1,0 +1,141 @@
+"""benchmarks/compare.py: its pieces on figures made here, and one real run of its workers.
+
+Nothing here asserts on how fast anything is: the figures are checked for being there, of the
+right kind and sane (positive, peak RSS above what importing TensorFlow takes).
+"""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+import harness  # noqa: E402
+
+COMPARE = REPO / "benchmarks" / "compare.py"
+
+
+def test_summarize_gives_median_min_max():
+    assert harness.summarize([3, 1, 2]) == {
+        "median": 2.0, "min": 1.0, "max": 3.0, "n": 3, "values": [3.0, 1.0, 2.0],
+    }  # fmt: skip
+    assert harness.summarize([4, 1, 2, 3])["median"] == 2.5
+    with pytest.raises(ValueError):
+        harness.summarize([])
+
+
+def test_backbone_names_are_checked_and_all_means_every_one():
+    known = ["mobilenet_v2", "resnet50", "vgg16"]
+    assert harness.resolve_backbones(["all"], known) == known
+    assert harness.resolve_backbones(["vgg16", "resnet50", "vgg16"], known) == ["vgg16", "resnet50"]
+    with pytest.raises(ValueError, match="'resnet5'.*known: mobilenet_v2, resnet50, vgg16"):
+        harness.resolve_backbones(["resnet50", "resnet5"], known)
+
+
+def test_runs_are_interleaved_in_rotation():
+    assert [harness.rotated("ABC", r) for r in range(4)] == [
+        list("ABC"), list("BCA"), list("CAB"), list("ABC"),
+    ]  # fmt: skip
+
+
+def _measurements() -> list[dict]:
+    figures = {
+        ("export_wall_s", "ours"): [30.0, 36.0, 33.0],
+        ("export_wall_s", "keras3"): [20.0, 22.0, 24.0],
+        ("export_wall_s", "tf_keras"): [25.0, 26.0, 27.0],
+        ("latency_b16_ms", "ours_call"): [900.0, 880.0, 910.0],
+        ("latency_b16_ms", "keras_function"): [800.0, 850.0, 820.0],
+        ("variables_mb", "ours"): [9.08, 9.08, 9.08],
+    }
+    return [
+        {"backbone": "mobilenet_v2", "figure": f, "variant": v, "repeat": r, "value": x}
+        for (f, v), values in figures.items()
+        for r, x in enumerate(values)
+    ]
+
+
+def test_ratios_are_ours_over_each_anchor_of_the_medians():
+    rows = harness.summaries(_measurements())
+    found = {(q["figure"], q["anchor"]): q for q in harness.ratios(rows)}
+    assert set(found) == {
+        ("export_wall_s", "keras3"), ("export_wall_s", "tf_keras"),
+        ("latency_b16_ms", "keras_function"),
+    }  # fmt: skip
+    keras3 = found[("export_wall_s", "keras3")]
+    assert keras3["ratio"] == pytest.approx(33.0 / 22.0)
+    assert (keras3["low"], keras3["high"]) == pytest.approx((30.0 / 24.0, 36.0 / 20.0))
+    assert found[("latency_b16_ms", "keras_function")]["ratio"] == pytest.approx(900 / 820)
+
+
+def test_report_is_written_as_json_markdown_and_charts(tmp_path, capsys):
+    machine = harness.machine_info(REPO, "0.0.0")
+    machine["load_average_end"] = harness.load_average()
+    config = {"repeats": 3, "size": 224}
+    backbones = {"mobilenet_v2": {"params": 2257984, "weight_bytes": 9052160}}
+    report = harness.build_report(machine, config, backbones, _measurements(), [], ["a note"])
+    paths = harness.write_report(report, tmp_path)
+    data = json.loads(paths["json"].read_text())
+    assert {"machine", "config", "rss_method", "summary", "ratios", "measurements"} <= set(data)
+    assert data["machine"]["cpus"] >= 1 and data["machine"]["versions"]["tensorflow"]
+    assert data["machine"]["date"].startswith(machine["stamp"][:4])
+    assert paths["json"].name == f"compare-{machine['stamp']}.json"
+    text = paths["markdown"].read_text()
+    assert "| mobilenet_v2 | export wall time, whole process (s) |" in text
+    assert "33.0 [30.0, 36.0]" in text and "1.50x [1.25, 1.80]" in text
+    assert "| mobilenet_v2 | 2.3 | 33.0 / 22.0 / 26.0 |" in text  # The per-backbone table.
+    assert "- a note" in text
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        assert "pip install 'exporter[bench]'" in capsys.readouterr().err
+        assert set(paths) == {"json", "markdown"}
+    else:
+        for kind in ("ratios_png", "scaling_png"):
+            assert paths[kind].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_peak_rss_is_each_childs_own(tmp_path):
+    big = harness.run_child(
+        [sys.executable, "-c", "data = b'x' * 300_000_000"], tmp_path / "big.log"
+    )
+    small = harness.run_child([sys.executable, "-c", "pass"], tmp_path / "small.log")
+    failed = harness.run_child([sys.executable, "-c", "raise SystemExit(3)"], tmp_path / "f.log")
+    assert (big.returncode, small.returncode, failed.returncode) == (0, 0, 3)
+    assert big.peak_rss_bytes > 300e6
+    # Measured after the big one: getrusage(RUSAGE_CHILDREN) would still say 300 MB here.
+    assert small.peak_rss_bytes < 100e6
+    assert big.wall_s > 0 and big.cpu_s >= 0
+
+
+def test_an_export_run_through_the_harness(tmp_path):
+    """The smallest real run: one Keras 3 export of MobileNetV2 in a worker process."""
+    results = tmp_path / "results"
+    done = subprocess.run(
+        [sys.executable, str(COMPARE), "--backbones=mobilenet_v2", "--figures=export",
+         "--exporters=keras3", "--repeats=1", f"--results_dir={results}",
+         f"--scratch={tmp_path / 'scratch'}"],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "mobilenet_v2 export keras3 repeat 1/1 ..." in done.stderr
+    [path] = results.glob("compare-*.json")
+    data = json.loads(path.read_text())
+    assert data["config"]["backbones"] == ["mobilenet_v2"] and data["notes"] == []
+    assert data["machine"]["exporter_path"] == str(REPO / "exporter")
+    values = {m["figure"]: m["value"] for m in data["measurements"]}
+    assert set(values) == {
+        "export_wall_s", "export_peak_rss_mb", "export_cpu_s", "variables_mb",
+        "saved_model_pb_mb", "variables_ratio",
+    }  # fmt: skip
+    assert all(value > 0 for value in values.values()), values
+    assert values["export_peak_rss_mb"] > 200  # TensorFlow alone takes more.
+    assert 0.9 < values["variables_ratio"] < 4
+    assert data["backbones"]["mobilenet_v2"]["params"] > 1e6
+    assert [r["returncode"] for r in data["runs"]] == [0]
+    assert "| mobilenet_v2 | export wall time, whole process | s | Keras 3 export |" in (
+        done.stdout
+    )
+    assert path.with_suffix(".md").read_text() == done.stdout.rstrip("\n") + "\n"
+    assert not (tmp_path / "scratch" / "mobilenet_v2").exists()  # Cleaned once measured.

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import json
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -167,6 +168,35 @@ def check(
     return _Checker(path, proto, task, allow_unsafe_ops, strict_metadata, loaded).run()
 
 
+_SHAPE_FREE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def shape_free_call(obj, training: bool | None):
+    """``obj(images, training=training)`` (no ``training`` if None) for images of any shape.
+
+    Called eagerly, a restored function is instantiated again, graph optimization and all,
+    for every new input shape: a reloaded ResNet50 took seconds per shape (BUILD_NOTES).
+    Inside one traced function whose images input is free in every dimension but the last,
+    it is instantiated once, and the rules' batches and sizes all reuse it. A model whose
+    traced input does not fit that (NCHW, a fixed batch) fails as a direct call would.
+    """
+    functions = _SHAPE_FREE.setdefault(obj, {})
+
+    def call(images: tf.Tensor) -> tf.Tensor:
+        key = (training, images.dtype, images.shape.rank, images.shape[-1])
+        if key not in functions:
+            spec_ = tf.TensorSpec([None] * (images.shape.rank - 1) + [images.shape[-1]],
+                                  images.dtype)  # fmt: skip
+
+            def inference(x):
+                return obj(x) if training is None else obj(x, training=training)
+
+            functions[key] = tf.function(inference, input_signature=[spec_], autograph=False)
+        return functions[key](images)
+
+    return call
+
+
 def close(actual, expected, rtol: float = _RTOL) -> bool:
     """Whether ``actual`` equals ``expected`` within ``rtol`` of the expected output's scale."""
     actual, expected = np.asarray(actual), np.asarray(expected)
@@ -224,7 +254,7 @@ class _Checker:
     def _invoke(self, images: tf.Tensor, training: bool) -> tf.Tensor:
         # Inference as a consumer would call it, also when `training` is (wrongly) missing.
         takes_training = all("training" in names for _, _, names in self.functions)
-        return self.obj(images, training=training) if takes_training else self.obj(images)
+        return shape_free_call(self.obj, training if takes_training else None)(images)
 
     @property
     def sizes(self) -> tuple[int, ...]:
@@ -627,7 +657,7 @@ def _is_float_scalar(value) -> bool:
 
 def _accepts(obj, size: int) -> bool:
     try:
-        obj(_images(1, size), training=False)
+        shape_free_call(obj, False)(_images(1, size))
     except (tf.errors.InvalidArgumentError, ValueError):
         return False
     return True

@@ -205,7 +205,7 @@ def verify(directory: Path, module: ImageModule, serving_size: int | None = None
     images = _verify_images(module)
     expected = module.traced_inference(images).numpy()
     outputs = {
-        "__call__(training=False)": loaded(images, training=False),
+        "__call__(training=False)": conformance.shape_free_call(loaded, False)(images),
         "serving_default": loaded.signatures["serving_default"](images=images)[module.output_name],
     }
     for name, output in outputs.items():

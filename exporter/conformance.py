@@ -17,7 +17,7 @@ import tensorflow as tf
 from google.protobuf.message import DecodeError
 from tensorflow.core.protobuf import saved_model_pb2
 
-from exporter import card, files, fingerprint, spec, unsafe_ops
+from exporter import card, checkpoint_index, files, fingerprint, spec, unsafe_ops
 
 RULES = {
     "no_tfhub_module_pb": "There is no tfhub_module.pb (the deprecated TF1 Hub format).",
@@ -296,6 +296,10 @@ class _Checker:
 
     def _loads(self):
         if self.obj is None:
+            try:  # TensorFlow aborts or blocks on some files: vet them first.
+                checkpoint_index.vet(self.path)
+            except checkpoint_index.CheckpointError as error:
+                return FAIL, f"refusing to load: {error}"
             try:
                 self.obj = tf.saved_model.load(str(self.path))
             except Exception as error:

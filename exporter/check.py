@@ -57,5 +57,14 @@ def main(argv: list[str]) -> int:
     return 0 if report.ok else NOT_CONFORMING
 
 
+def run(argv: list[str]) -> int:
+    """What ``python -m exporter.check ARGS`` does, in this process: ``argv[0]`` is the program.
+
+    For callers that check many SavedModels without starting Python and TensorFlow for each
+    (the fuzz tests); the command line runs the same two functions through ``app.run``.
+    """
+    return main(_parse(argv))
+
+
 if __name__ == "__main__":
     app.run(main, flags_parser=_parse)

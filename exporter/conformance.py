@@ -18,7 +18,7 @@ import tensorflow as tf
 from google.protobuf.message import DecodeError
 from tensorflow.core.protobuf import saved_model_pb2
 
-from exporter import card, fingerprint, spec, unsafe_ops
+from exporter import card, checkpoint_index, files, fingerprint, spec, unsafe_ops
 
 RULES = {
     "no_tfhub_module_pb": "There is no tfhub_module.pb (the deprecated TF1 Hub format).",
@@ -66,6 +66,8 @@ _RTOL = 1e-4  # Batch composition and separate graphs may reassociate float sums
 _LOW_PRECISION_RTOL = {"float16": 1e-2, "bfloat16": 5e-2}
 _REPEAT_RTOL = 1e-6  # The same call twice should agree almost to the bit.
 _DEFAULT_SIZES = (224, 192)  # For SavedModels that document no size range.
+_MAX_PB_BYTES = (2 << 30) - 1  # Protocol buffers cannot be larger: refuse before reading.
+_MAX_TEXT_BYTES = 64 << 20  # metadata.json and a labels file are kilobytes.
 
 
 class UnreadableError(Exception):
@@ -126,13 +128,22 @@ def read_saved_model(path: Path) -> saved_model_pb2.SavedModel:
     if not path.is_dir():
         raise UnreadableError(f"Expected a SavedModel directory. Received a file: {path}.")
     pb = path / spec.SAVED_MODEL_FILE
-    if not pb.is_file():
+    if not pb.exists():
         raise UnreadableError(f"Not a SavedModel: no {spec.SAVED_MODEL_FILE} in {path}.")
+    try:
+        data = files.read_regular(pb, _MAX_PB_BYTES, "the protocol buffer limit")
+    except files.UnsafeFileError as error:
+        raise UnreadableError(f"Not a SavedModel: {error}") from None
+    except OSError as error:
+        raise UnreadableError(f"Cannot read {pb}: {error.strerror or error}.") from None
     proto = saved_model_pb2.SavedModel()
     try:
-        proto.ParseFromString(pb.read_bytes())
+        proto.ParseFromString(data)
     except (DecodeError, RuntimeWarning, ValueError) as error:
-        raise UnreadableError(f"Corrupt {pb}: {error or 'cannot be parsed'}.") from None
+        raise UnreadableError(
+            f"Corrupt {pb}: expected a serialized SavedModel protocol buffer, received "
+            f"{len(data)} bytes that do not parse ({error or 'no reason given'})."
+        ) from None
     if not proto.meta_graphs:
         raise UnreadableError(f"Corrupt {pb}: it holds no MetaGraph.")
     return proto
@@ -315,6 +326,10 @@ class _Checker:
 
     def _loads(self):
         if self.obj is None:
+            try:  # TensorFlow aborts or blocks on some files: vet them first.
+                checkpoint_index.vet(self.path)
+            except checkpoint_index.CheckpointError as error:
+                return FAIL, f"refusing to load: {error}"
             try:
                 self.obj = tf.saved_model.load(str(self.path))
             except Exception as error:
@@ -583,7 +598,8 @@ class _Checker:
         width = self._call(1, self.sizes[0]).shape[-1]
         if asset is None:
             return WARN, "no labels asset: class indices are not defined"
-        lines = Path(asset.asset_path.numpy().decode()).read_text(encoding="utf-8").splitlines()
+        labels = files.read_regular(Path(asset.asset_path.numpy().decode()), _MAX_TEXT_BYTES)
+        lines = labels.decode("utf-8").splitlines()
         if len(lines) != width:
             return FAIL, f"{len(lines)} labels for {width} classes"
         return PASS, f"{len(lines)} labels"
@@ -668,7 +684,11 @@ def _read_metadata(path: Path) -> tuple[dict | None, str]:
     if not file.is_file():
         return None, f"no {card.METADATA_FILE}: the model's facts are undocumented"
     try:
-        facts = json.loads(file.read_text(encoding="utf-8"))
+        facts = json.loads(files.read_regular(file, _MAX_TEXT_BYTES).decode("utf-8"))
+    except files.UnsafeFileError as error:
+        return None, f"{card.METADATA_FILE} cannot be read: {error}"
+    except OSError as error:
+        return None, f"{card.METADATA_FILE} cannot be read: {error.strerror or error}"
     except (ValueError, UnicodeDecodeError) as error:
         return None, f"{card.METADATA_FILE} is not valid JSON: {error}"
     if not isinstance(facts, dict):

@@ -9,11 +9,9 @@ a random UUID per save and nothing reads it on load.
 from __future__ import annotations
 
 import hashlib
-import os
-import stat
 from pathlib import Path
 
-from exporter import spec
+from exporter import files, spec
 
 ALGORITHM = "sha256"
 VARIABLES_DIR = "variables"
@@ -37,17 +35,17 @@ def covered_files(directory: Path) -> list[str]:
 def file_digest(path: Path) -> str:
     """The SHA-256 of a regular file, read up to its size when opened (never a device)."""
     try:
-        with open(path, "rb") as file:
-            info = os.fstat(file.fileno())
-            if not stat.S_ISREG(info.st_mode):
-                raise FingerprintError(f"{path} is not a regular file")
-            digest, left = hashlib.sha256(), info.st_size
+        file, left = files.open_regular(path)  # Never blocks, on a FIFO either.
+        with file:
+            digest = hashlib.sha256()
             while left > 0:
                 chunk = file.read(min(_CHUNK, left))
                 if not chunk:
                     break
                 digest.update(chunk)
                 left -= len(chunk)
+    except files.UnsafeFileError as error:
+        raise FingerprintError(str(error)) from None
     except OSError as error:
         raise FingerprintError(f"cannot read {path}: {error.strerror or error}") from None
     return digest.hexdigest()

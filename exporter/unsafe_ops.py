@@ -66,10 +66,15 @@ def _called_functions(nodes) -> set[str]:
 
 
 def _function_names(value: attr_value_pb2.AttrValue) -> Iterable[str]:
-    if value.HasField("func"):
-        yield value.func.name
+    # A function's own attributes may name functions too (which it calls through a
+    # placeholder attribute): those are called as well. Parsing bounds the nesting.
+    functions = [value.func] if value.HasField("func") else []
     if value.HasField("list"):
-        yield from (f.name for f in value.list.func)
+        functions += list(value.list.func)
+    for function in functions:
+        yield function.name
+        for inner in function.attr.values():
+            yield from _function_names(inner)
 
 
 def _reachable(start: set[str], functions: dict) -> set[str]:

@@ -331,6 +331,34 @@ def test_checkpoint_ops_are_allowed_only_in_the_saver(export):
     assert unsafe_ops.scan(proto) == [("SaveV2", f"function {call.signature.name}")]
 
 
+def test_checkpoint_ops_reached_through_a_function_attribute_are_not_the_savers():
+    """A function named inside another function's attributes is called too (through a
+    placeholder attribute): it is not reachable solely from the saver."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    from exporter import unsafe_ops
+
+    proto = saved_model_pb2.SavedModel()
+    meta = proto.meta_graphs.add()
+    meta.saver_def.restore_op_name = "restore"
+    library = meta.graph_def.library
+    writer = library.function.add()
+    writer.signature.name = "writes_files"
+    writer.node_def.add(name="save", op="SaveV2")
+    caller = library.function.add()
+    caller.signature.name = "calls_its_attribute"
+    call = caller.node_def.add(name="call", op="PartitionedCall")
+    call.attr["f"].placeholder = "inner"
+    restore = meta.graph_def.node.add(name="restore", op="StatefulPartitionedCall")
+    restore.attr["f"].func.name = "writes_files"
+    main = meta.graph_def.node.add(name="main", op="StatefulPartitionedCall")
+    main.attr["f"].func.name = "calls_its_attribute"
+    main.attr["f"].func.attr["inner"].func.name = "writes_files"
+    assert unsafe_ops.scan(proto) == [("SaveV2", "function writes_files")]
+    del meta.graph_def.node[1]  # Without the main node, only the saver reaches it.
+    assert unsafe_ops.scan(proto) == []
+
+
 # -- unreadable input --------------------------------------------------------------------
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from collections.abc import Callable
@@ -63,15 +64,37 @@ def run(export: Callable[[], Path]) -> None:
     missing = [f"--{flag.name}" for flag in (BACKBONE, OUT) if not flag.value]
     if missing:
         sys.exit(f"error: {' and '.join(missing)} required; see --help.")
+    before = _identity(OUT.value)
     try:
         path = export()
+        progress.logger.info("exported to %s", path)
+        _stop_unwinding()
     except ExportError as error:
         sys.exit(f"error: {error}")
     except BaseException:
         if not _interrupted:
             raise
+        if _identity(OUT.value) != before:  # It came while the export was moved into place.
+            sys.exit(f"error: interrupted after the new export was moved into {OUT.value}.")
         sys.exit("error: interrupted; the output directory was left as it was.")
-    progress.logger.info("exported to %s", path)
+
+
+def _identity(path: str) -> tuple[int, int] | None:
+    """The directory at ``path`` (device and inode), None if there is none: an export
+    moved into place has another identity than what was there."""
+    try:
+        info = os.stat(os.path.expanduser(path))
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino
+
+
+def _stop_unwinding() -> None:
+    # The export is in place and reported: nothing is left to undo, so a signal now just
+    # ends the process, instead of unwinding through logging or TensorFlow's exit hooks.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        if signal.getsignal(signum) is _interrupt:
+            signal.signal(signum, signal.SIG_DFL)
 
 
 def start(main: Callable[[list[str]], None]) -> None:

@@ -14,7 +14,9 @@ import errno
 import os
 import re
 import shutil
+import signal
 import tempfile
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -111,7 +113,7 @@ def save(
             _write(module, tmp, kinds, serving_size)
         with stage("verify"):
             verify(tmp, module, serving_size)
-        with _explained_io_errors(out):
+        with _signals_held(), _explained_io_errors(out):
             _move_into_place(tmp, out)
     except BaseException:
         if tmp is not None:
@@ -255,6 +257,33 @@ def _serving_problems(loaded, module: ImageModule, serving_size: int | None) -> 
         elif not conformance.close(outputs[module.output_name].numpy(), expected):
             problems.append(f"{name} differs from __call__ on the same pixels")
     return problems
+
+
+@contextlib.contextmanager
+def _signals_held():
+    """Hold SIGINT and SIGTERM until the block is done, then deliver them.
+
+    Moving into place must not be cut in two (between the two renames of the fallback,
+    ``out`` is missing): an interrupt takes effect before the move or after it, and the
+    caller can tell which from ``out``. Python runs signal handlers in the main thread
+    only, so only there can they cut the block, and only there can they be replaced.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held = []
+    try:
+        with contextlib.ExitStack() as restore:  # Each handler is put back, whatever happens.
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                handler = signal.getsignal(signum)
+                if handler is None or handler == signal.SIG_IGN:  # None: not set from Python.
+                    continue
+                restore.callback(signal.signal, signum, handler)
+                signal.signal(signum, lambda number, _: held.append(number))
+            yield
+    finally:
+        for signum in dict.fromkeys(held):
+            signal.raise_signal(signum)  # Runs the handler put back, e.g. KeyboardInterrupt.
 
 
 def _move_into_place(tmp: Path, out: Path) -> None:

@@ -65,6 +65,35 @@ def test_killed_export_leaves_existing_export_intact(existing_export, signum, st
         assert after == before
 
 
+@pytest.mark.parametrize("when", ["move", "fallback", "done"])
+def test_signal_while_moving_into_place_or_after(tmp_path, when):
+    """A SIGTERM while the verified export is moved into place takes effect once the move is
+    done (never between the two renames of the fallback), and the CLI says --out holds the
+    new export; one after the export was reported just ends the process (no traceback).
+
+    tests/interrupt_driver.py sends it at that exact point (the stress tests hit it by chance).
+    """
+    out = tmp_path / "model"
+    exporter.save(exporter.FeatureVectorModule(_sequential(), preprocessing="torch"), out)
+    before = out.stat().st_ino
+    done = subprocess.run(
+        [sys.executable, str(REPO / "tests" / "interrupt_driver.py"), "--backbone=small",
+         f"--out={out}", when],
+        env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True,
+        timeout=300, cwd=REPO,
+    )  # fmt: skip
+    assert "Traceback" not in done.stderr, done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+    assert out.stat().st_ino != before  # The new export, not the old one.
+    assert tf.saved_model.load(str(out))(tf.zeros([1, 8, 8, 3])).shape == (1, 4)
+    last = done.stderr.strip().splitlines()[-1]
+    if when == "done":
+        assert done.returncode == -signal.SIGTERM and last.endswith(f"exported to {out}"), last
+    else:
+        assert done.returncode == 1, done.stderr
+        assert last == f"error: interrupted after the new export was moved into {out}.", last
+
+
 def test_killed_first_export_leaves_no_output(tmp_path):
     out = tmp_path / "new"
     process = _start_export(out, "--backbone=mobilenet_v2", "--weights=none")

@@ -1,0 +1,61 @@
+"""The export CLI's run, on a small Keras model, with a SIGTERM sent at an exact point
+(tests/test_save.py): a real signal at a moment too short to hit from outside.
+
+    python tests/interrupt_driver.py --backbone=small --out=DIR --overwrite WHEN
+
+WHEN is ``move`` (just after the swap into place), ``fallback`` (as ``move``, on a system
+without renameat2's RENAME_EXCHANGE: between making the folder for the old copy and the
+two renames) or ``done`` (after the CLI reported the export).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import tempfile
+
+import keras
+
+import exporter
+from exporter import cli
+
+_save = sys.modules["exporter.save"]
+
+
+def _terminate_self() -> None:
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _after(function, condition=lambda *args, **kwargs: True):
+    """``function``, sending a SIGTERM once it returned (if ``condition`` of its arguments)."""
+
+    def wrapped(*args, **kwargs):
+        result = function(*args, **kwargs)
+        if condition(*args, **kwargs):
+            _terminate_self()
+        return result
+
+    return wrapped
+
+
+def main(argv: list[str]) -> None:
+    when = argv[1]
+    if when == "move":
+        _save._exchange = _after(_save._exchange)
+    elif when == "fallback":
+        _save._exchange = lambda a, b: False  # What it says where RENAME_EXCHANGE is missing.
+        old_copy = lambda *args, prefix="", **kwargs: _save._OLD_TAG in prefix  # noqa: E731
+        tempfile.mkdtemp = _after(tempfile.mkdtemp, old_copy)
+    model = keras.Sequential(
+        [keras.Input((None, None, 3)), keras.layers.Conv2D(4, 3),
+         keras.layers.GlobalAveragePooling2D()]
+    )  # fmt: skip
+    module = exporter.FeatureVectorModule(model, preprocessing="identity", min_size=8)
+    cli.run(lambda: exporter.save(module, cli.OUT.value, overwrite=True))
+    if when == "done":
+        _terminate_self()
+
+
+if __name__ == "__main__":
+    cli.start(main)

@@ -586,12 +586,17 @@ def plot_ratios(report: dict, path: Path) -> bool | None:
         for y, v in enumerate(values):
             ax.annotate(f"{v:.2f}x", (v, y), xytext=(3, -3), textcoords="offset points", fontsize=7)
     machine = report["machine"]
-    fig.suptitle(
+    title = (
         f"ours / anchor, lower is better (median of {report['config']['repeats']} fresh "
         "processes; whiskers: ours' min / anchor's max to ours' max / anchor's min; green: at "
-        f"most 1.05x)\n{machine['cpu']}, {machine['cpus']} CPUs, {machine['date']}",
-        fontsize=9,
+        f"most 1.05x)\n{machine['cpu']}, {machine['cpus']} CPUs, {machine['date']}"
     )
+    return _save_figure(plt, fig, title, path)
+
+
+def _save_figure(plt, fig, title: str, path: Path) -> bool:
+    """Title, lay out and write ``fig`` as a PNG, then free it."""
+    fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -644,15 +649,11 @@ def plot_scaling(report: dict, path: Path) -> bool | None:
             ax.legend(fontsize=7)
         ax.grid(True, which="both", alpha=0.3)
     machine = report["machine"]
-    fig.suptitle(
+    title = (
         f"export against model size (median of {report['config']['repeats']}; "
-        f"{machine['cpu']}, {machine['cpus']} CPUs, {machine['date']})",
-        fontsize=9,
+        f"{machine['cpu']}, {machine['cpus']} CPUs, {machine['date']})"
     )
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+    return _save_figure(plt, fig, title, path)
 
 
 # ---------------------------------------------------------------------------------------------

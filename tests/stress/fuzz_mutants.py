@@ -358,13 +358,7 @@ def content(directory: Path) -> str:
 # -- deep protobufs from raw wire bytes ------------------------------------------------------
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        low, value = value & 0x7F, value >> 7
-        out.append(low | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
+_varint = fuzz_sstable._put_varint  # Protobuf and the index share the encoding.
 
 
 def _field(number: int, payload: bytes) -> bytes:

@@ -452,10 +452,16 @@ class _Checker:
 
     def _training_call(self):
         # Training mode updates batch-norm statistics (and dropout seeds): put them back, so
-        # checking leaves the model as it was. This rule also runs last for models that
-        # hide their variables.
+        # checking leaves the model as it was. A forward pass does not change the weights,
+        # so only the other variables are copied (a copy of every variable held the weights
+        # a third time during an export's verify: +94 MB for ResNet50). A weight is a
+        # variable both listed in trainable_variables and flagged trainable. This rule also
+        # runs last for models that hide their variables.
         expected = self._call(3, self.sizes[0]).shape
-        saved = [(v, v.numpy()) for v in getattr(self.obj, "variables", [])]
+        weights = {v.ref() for v in getattr(self.obj, "trainable_variables", []) if v.trainable}
+        saved = [
+            (v, v.numpy()) for v in getattr(self.obj, "variables", []) if v.ref() not in weights
+        ]
         try:
             output = self.obj(_images(3, self.sizes[0]), training=True)
         finally:

@@ -20,7 +20,6 @@ from exporter.preprocessing import check_mode, preprocess
 
 POOLINGS = ("avg", "max")
 ACTIVATIONS = ("softmax", "sigmoid")
-HPARAM_SPEC = tf.TensorSpec([], tf.float32)
 # The dropout before the logits when a backbone has none of its own (issue 3).
 DEFAULT_DROPOUT = 0.2
 HPARAMS = {
@@ -41,6 +40,32 @@ class _Hidden:
 
     def __init__(self, **objects):
         self.__dict__.update(objects)
+
+
+SAVE_OPTIONS = tf.saved_model.SaveOptions()
+
+
+@contextlib.contextmanager
+def saver_tracing():
+    """Trace ``tf.function``s here as ``tf.saved_model.save(..., options=SAVE_OPTIONS)`` does.
+
+    TensorFlow keys its trace cache on whether a save is in progress (and on the save's
+    variable policy), so the saver traces every function again that was traced outside a
+    save: for our module, the whole backbone three more times (ResNet50: seconds).
+    Traces made in here are the saver's own. The context is TensorFlow's internal
+    ``save_context``; without it (a future TensorFlow), tracing is plain and the saver
+    traces again, as before.
+    """
+    try:
+        from tensorflow.python.saved_model import save_context
+    except ImportError:  # pragma: no cover - depends on the TensorFlow version
+        yield
+        return
+    if save_context.in_save_context():
+        yield
+        return
+    with save_context.save_context(SAVE_OPTIONS):
+        yield
 
 
 def tf_variable(variable) -> tf.Variable:
@@ -383,6 +408,8 @@ class ImageModule(tf.Module):
         self.__dict__["__call__"] = tf.function(call, autograph=False)
         # What calling the module in Python runs: its traces for other shapes stay unsaved.
         self._local = _Hidden(call=tf.function(call, autograph=False))
+        # trace()'s concrete functions: {False: ..., True: ..., "serve": ...}.
+        self._traces = _Hidden(functions={})
 
     @property
     def hparams(self) -> dict:
@@ -487,12 +514,24 @@ class ImageModule(tf.Module):
         return outputs
 
     def trace(self) -> None:
-        """Trace ``__call__`` for both training values, each hparam a float32 scalar."""
-        hparams = {name: HPARAM_SPEC for name in self._hparams}
+        """Trace ``__call__`` for both training values (each hparam a float32 scalar) and
+        ``serving_default``, once, as ``tf.saved_model.save`` will trace them.
+
+        Traced inside a save context (``saver_tracing``): the saver finds these traces in
+        its cache instead of tracing the backbone again for each.
+        """
+        functions = self._traces.functions
+        if functions:
+            return
+        # Named as the saver names them when it asks its cache for these traces.
+        hparams = {name: tf.TensorSpec([], tf.float32, name=name) for name in self._hparams}
         traced = self.__dict__["__call__"]
-        for training in (False, True):
-            traced.get_concrete_function(spec.IMAGE_SPEC, training=training, **hparams)
-        self.serve.get_concrete_function()
+        with saver_tracing():
+            for training in (False, True):
+                functions[training] = traced.get_concrete_function(
+                    spec.IMAGE_SPEC, training=training, **hparams
+                )
+            functions["serve"] = self.serve.get_concrete_function()
 
     def traced_inference(self, images) -> tf.Tensor:
         """Inference through the trace that ``trace()`` made and the export saves.
@@ -500,9 +539,9 @@ class ImageModule(tf.Module):
         Calling the module instead traces its graph again for the images' shape, which
         costs seconds for a large backbone; this reuses the shape-free trace.
         """
-        self.trace()  # A lookup when already traced; never a shape-specific saved trace.
+        self.trace()
         arguments = self._call_arguments(tf.convert_to_tensor(images), training=False)
-        return self.__dict__["__call__"](**arguments)
+        return self._traces.functions[False](**arguments)
 
 
 class FeatureVectorModule(ImageModule):

@@ -24,7 +24,7 @@ import tensorflow as tf
 
 from exporter import card, conformance, precision, serving, spec
 from exporter.errors import ExportError
-from exporter.module import ImageModule
+from exporter.module import SAVE_OPTIONS, ImageModule, saver_tracing
 from exporter.progress import stage
 
 LABELS_FILE = "labels.txt"
@@ -109,8 +109,10 @@ def save(
             os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp's 0700 would otherwise reach `out`.
         with stage("trace"):
             module.trace()
+            with saver_tracing():  # The signatures' wrappers too: see saver_tracing.
+                signatures = serving.signatures(module, kinds, serving_size)
         with stage("save"), _explained_io_errors(out):
-            _write(module, tmp, kinds, serving_size)
+            _write(module, tmp, signatures, serving_size)
         with stage("verify"):
             verify(tmp, module, serving_size)
         with _signals_held(), _explained_io_errors(out):
@@ -162,16 +164,15 @@ def _make_parents(parent: Path) -> list[Path]:
     return missing  # Deepest first, the order to remove them in.
 
 
-def _write(module: ImageModule, directory: Path, kinds=("float32",), serving_size=None) -> None:
+def _write(module: ImageModule, directory: Path, signatures: dict, serving_size=None) -> None:
     labels = getattr(module, "labels", None)
     with tempfile.TemporaryDirectory() as scratch:
         if labels:
             path = Path(scratch, LABELS_FILE)
             path.write_text("".join(f"{label}\n" for label in labels), encoding="utf-8")
             module.labels_file = tf.saved_model.Asset(str(path))
-        signatures = serving.signatures(module, kinds, serving_size)
         try:
-            tf.saved_model.save(module, str(directory), signatures=signatures)
+            tf.saved_model.save(module, str(directory), signatures=signatures, options=SAVE_OPTIONS)
         finally:
             if labels:
                 del module.labels_file

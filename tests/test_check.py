@@ -8,7 +8,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import CORE, run_cli
+from conftest import CORE, random_images, run_cli
 
 import exporter
 from exporter import conformance
@@ -175,6 +175,22 @@ def test_the_good_variant_passes(tmp_path):
     report = conformance.check(_broken("nothing", tmp_path / "model"))
     assert report.failed() == [], report.to_text()
     assert [r.rule for r in report.results if r.status == "warn"] == ["metadata"]
+
+
+@pytest.mark.parametrize("broken", ["nothing", "trainable_flags"])
+def test_checking_leaves_the_variables_as_they_were(tmp_path, broken):
+    """training_call's forward pass updates the moving statistics; the check puts them back
+    (also when trainable_variables wrongly lists them)."""
+    path = _broken(broken, tmp_path / "model")
+    loaded = tf.saved_model.load(str(path))
+    before = [v.numpy() for v in loaded.variables]
+    assert np.any(np.asarray(loaded(random_images(2, 32), training=True)))
+    moved = [v.numpy() for v in loaded.variables]
+    assert not np.array_equal(moved[1], before[1])  # The moving mean did move...
+    loaded.variables[1].assign(before[1])
+    conformance.check(path, loaded=loaded)
+    for variable, value in zip(loaded.variables, before, strict=True):
+        np.testing.assert_array_equal(variable.numpy(), value)  # ...and the check put it back.
 
 
 @pytest.mark.parametrize("broken", sorted(CATALOGUE))

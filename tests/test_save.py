@@ -164,3 +164,22 @@ def test_traced_inference_reuses_the_saved_trace():
     module.traced_inference(tf.constant(random_images(1, 24)))
     assert saved.experimental_get_tracing_count() == traces == 2
     assert module._local.call.experimental_get_tracing_count() == local
+
+
+def test_the_saver_reuses_the_export_traces(tmp_path, monkeypatch):
+    """The backbone is traced three times in all (both training values and serving_default),
+    by trace(); tf.saved_model.save does not trace them again (it did, for every trace made
+    outside its save context: twice the tracing time), and it saves those very traces."""
+    module = exporter.FeatureVectorModule(_Subclassed(), preprocessing="torch", min_size=16)
+    forwards = []
+    forward = type(module)._forward
+    monkeypatch.setattr(
+        type(module), "_forward", lambda self, *a, **k: forwards.append(1) or forward(self, *a, **k)
+    )
+    exporter.save(module, tmp_path / "out", serving_inputs="float32,uint8")
+    assert len(forwards) == 3
+    assert module.__dict__["__call__"].experimental_get_tracing_count() == 2
+    assert module.serve.experimental_get_tracing_count() == 1
+    library = exporter.conformance.read_saved_model(tmp_path / "out").meta_graphs[0]
+    saved = {f.signature.name for f in library.graph_def.library.function}
+    assert {f.name.decode() for f in module._traces.functions.values()} <= saved

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import sys
@@ -69,6 +70,7 @@ def run(export: Callable[[], Path]) -> None:
         path = export()
         progress.logger.info("exported to %s", path)
         _stop_unwinding()
+        _exit_now()
     except ExportError as error:
         sys.exit(f"error: {error}")
     except BaseException:
@@ -95,6 +97,19 @@ def _stop_unwinding() -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
         if signal.getsignal(signum) is _interrupt:
             signal.signal(signum, signal.SIG_DFL)
+
+
+def _exit_now() -> None:
+    """End the process with status 0 without tearing the interpreter down.
+
+    The export is written, moved into place and reported. A normal exit would then spend
+    1.5 to 2 s (a third of a MobileNetV2 export's saving) freeing TensorFlow's graphs and
+    Keras' layers one object at a time, to no one's benefit. Output is flushed first.
+    """
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def start(main: Callable[[list[str]], None]) -> None:

@@ -43,6 +43,8 @@ def main(argv: list[str]) -> None:
     when = argv[1]
     if when == "move":
         _save._exchange = _after(_save._exchange)
+    elif when == "done":  # Reported; the process is about to end (cli._exit_now).
+        cli._exit_now = _after(lambda: None)
     elif when == "fallback":
         _save._exchange = lambda a, b: False  # What it says where RENAME_EXCHANGE is missing.
         old_copy = lambda *args, prefix="", **kwargs: _save._OLD_TAG in prefix  # noqa: E731
@@ -53,8 +55,6 @@ def main(argv: list[str]) -> None:
     )  # fmt: skip
     module = exporter.FeatureVectorModule(model, preprocessing="identity", min_size=8)
     cli.run(lambda: exporter.save(module, cli.OUT.value, overwrite=True))
-    if when == "done":
-        _terminate_self()
 
 
 if __name__ == "__main__":

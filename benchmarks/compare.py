@@ -27,7 +27,7 @@ downloaded. Figures, per backbone:
 Writes ``compare-STAMP.json`` (machine, versions, every raw value), ``compare-STAMP.md`` (also
 printed) and, with ``pip install 'exporter[bench]'`` (matplotlib), a PNG of the ours / anchor
 ratios and one of export time and peak RSS against parameter count, to ``--results_dir``.
-Progress goes to stderr. A default run takes hours on 2 cores; ``--backbones=all`` is for a
+Progress goes to stderr. A default run takes about an hour on 2 cores; ``--backbones=all`` is for a
 person, not CI (add ``--figures=export`` for the export survey of all 40 backbones).
 """
 

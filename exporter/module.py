@@ -233,6 +233,14 @@ def _shared(values, hparam: str):
     return values[0] if len(values) == 1 else None
 
 
+def _checked_hparams(hparams: dict) -> dict:
+    """Each hparam as a float32 scalar that fails at run time outside its interval."""
+    return {
+        name: _checked(value, name, upper_inclusive=name == "batch_norm_momentum")
+        for name, value in hparams.items()
+    }
+
+
 def _checked(value, name: str, upper_inclusive: bool) -> tf.Tensor:
     """``value`` as a float32 scalar that fails at run time unless it is in [0, 1) or [0, 1]."""
     value = tf.convert_to_tensor(value, tf.float32)
@@ -477,12 +485,9 @@ class ImageModule(tf.Module):
         and its share of every load. The hparams change nothing in inference but are
         checked all the same.
         """
-        images = tf.convert_to_tensor(images)
-        checks = spec.check_images(images, min_size=self.min_size, fixed_size=self.fixed_size)
-        checks += [_checked(hparams[name], name, name == "batch_norm_momentum") for name in hparams]
-        with tf.control_dependencies(checks):
-            # Shape-free, for the reason in _traced_call; serve checks the sizes again.
-            images = tf.raw_ops.PlaceholderWithDefault(input=images, shape=spec.IMAGE_SPEC.shape)
+        checked = _checked_hparams(hparams)
+        # Shape-free, for the reason in _traced_call; serve checks the sizes again.
+        images = self._checked_images(images, False, forget_size=True, also=checked.values())
         return self.serve(images)[self.output_name]
 
     @tf.function(input_signature=[spec.IMAGE_SPEC], autograph=False)
@@ -492,27 +497,23 @@ class ImageModule(tf.Module):
         # static size (which the TFLite converter cannot lower).
         return {self.output_name: self._forward(images, training=False, forget_size=False)}
 
-    def _forward(self, images, *, training: bool, forget_size: bool, hparams=None):
+    def _checked_images(self, images, training: bool, *, forget_size: bool, also=()):
+        """``images``, once the contract's checks (and ``also``'s) have run; with the static
+        height and width forgotten if ``forget_size``."""
         images = tf.convert_to_tensor(images)
         checks = spec.check_images(images, min_size=self.min_size, fixed_size=self.fixed_size)
         if training:
             checks += spec.check_training_images(images)
-        with tf.control_dependencies(checks):
+        with tf.control_dependencies([*checks, *also]):
             if forget_size:
-                images = tf.raw_ops.PlaceholderWithDefault(
-                    input=images, shape=spec.IMAGE_SPEC.shape
-                )
-            else:
-                images = tf.identity(images)
+                return tf.raw_ops.PlaceholderWithDefault(input=images, shape=spec.IMAGE_SPEC.shape)
+            return tf.identity(images)
+
+    def _forward(self, images, *, training: bool, forget_size: bool, hparams=None):
+        images = self._checked_images(images, training, forget_size=forget_size)
         inputs = preprocess(images, self.preprocessing)
-        hparams = hparams or {}
-        rate, momentum = hparams.get("dropout_rate"), hparams.get("batch_norm_momentum")
-        if rate is not None:
-            rate = _checked(rate, "dropout_rate", upper_inclusive=False)
-        if momentum is not None:
-            momentum = _checked(momentum, "batch_norm_momentum", upper_inclusive=True)
-        overrides = {"dropout_rate": rate, "batch_norm_momentum": momentum}
-        overrides = {k: v for k, v in overrides.items() if v is not None}
+        overrides = _checked_hparams(hparams or {})
+        rate, momentum = overrides.get("dropout_rate"), overrides.get("batch_norm_momentum")
         with (
             _overridden(self._tunable.dropout_rate, "override", rate),
             _overridden(self._tunable.batch_norm_momentum, "momentum", momentum),

@@ -26,7 +26,7 @@ import tensorflow as tf
 from absl import app, flags
 
 import exporter
-from exporter.build import with_compute_dtype
+from exporter.making.build import with_compute_dtype
 from exporter.use import convert
 
 _BACKBONES = flags.DEFINE_list("backbones", ["mobilenet_v2", "resnet50"], "Backbones to measure.")

@@ -17,7 +17,7 @@ import harness
 from absl import app, flags
 
 import exporter
-from exporter.module import FeatureVectorModule
+from exporter.making.module import FeatureVectorModule
 
 _BACKBONES = flags.DEFINE_list(
     "backbones", ["resnet50", "mobilenet_v2", "efficientnet_b0"], "Backbones to measure."

@@ -810,7 +810,7 @@ def _task_latency(spec: dict) -> dict:
     images = tf.constant(_images(spec["batch"], spec["size"]))
     if spec["variant"] == "keras_function":
         import exporter
-        from exporter.preprocessing import preprocess
+        from exporter.making.preprocessing import preprocess
 
         model = exporter.load_backbone(
             spec["backbone"], weights=spec["weights_file"], pooling="avg"
@@ -866,7 +866,7 @@ def tf_keras_trainer(constructor: str, preprocessing: str, size: int, classes: i
     in front, then a Dense head, compiled as ``hub_trainer``'s."""
     import tf_keras
 
-    from exporter.preprocessing import preprocess
+    from exporter.making.preprocessing import preprocess
 
     build = _tf_keras_application(tf_keras, constructor)
     backbone = build(include_top=False, weights=None, pooling="avg", input_shape=(size, size, 3))

@@ -9,15 +9,20 @@ from exporter import console as _console
 
 _console.quiet_native_logs()  # Before anything imports TensorFlow.
 
-from exporter import backbones as _backbones
-from exporter.build import build_classifier, build_feature_vector, imagenet_labels, load_backbone
 from exporter.errors import ExportError
-from exporter.export import export_classifier, export_feature_vector, read_labels
-from exporter.module import ClassifierModule, FeatureVectorModule, HeadDropout, ImageModule
-from exporter.registry import Backbone
-from exporter.registry import get as get_backbone
-from exporter.registry import names as list_backbones
-from exporter.save import save
+from exporter.making import backbones as _backbones
+from exporter.making.build import (
+    build_classifier,
+    build_feature_vector,
+    imagenet_labels,
+    load_backbone,
+)
+from exporter.making.export import export_classifier, export_feature_vector, read_labels
+from exporter.making.module import ClassifierModule, FeatureVectorModule, HeadDropout, ImageModule
+from exporter.making.registry import Backbone
+from exporter.making.registry import get as get_backbone
+from exporter.making.registry import names as list_backbones
+from exporter.making.save import save
 from exporter.spec import InvalidImagesError
 from exporter.use.keras_layer import KerasLayer
 

@@ -15,7 +15,8 @@ import sys
 
 from absl import app, flags
 
-from exporter import conformance, console
+from exporter import console
+from exporter.checking import conformance
 
 _TASK = flags.DEFINE_enum(
     "task", None, list(conformance.TASKS), "The task to check as; default: from the metadata."

@@ -11,7 +11,7 @@ Usage:
 from absl import flags
 
 from exporter import cli
-from exporter.export import export_classifier
+from exporter.making.export import export_classifier
 
 _NUM_CLASSES = flags.DEFINE_integer(
     "num_classes",

@@ -11,8 +11,9 @@ from pathlib import Path
 
 from absl import app, flags
 
-from exporter import build, console, precision, progress, registry
+from exporter import console, progress
 from exporter.errors import ExportError
+from exporter.making import build, precision, registry
 
 BACKBONE = flags.DEFINE_string(
     "backbone", None, "Registered backbone name, e.g. resnet50; see --list_backbones."

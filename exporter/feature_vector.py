@@ -10,7 +10,7 @@ Usage:
 from absl import flags
 
 from exporter import cli
-from exporter.export import export_feature_vector
+from exporter.making.export import export_feature_vector
 
 _POOLING = flags.DEFINE_enum(
     "pooling", "avg", ["avg", "max"], "Global pooling of the last feature map."

@@ -28,7 +28,7 @@ import tensorflow as tf
 from absl import app, flags, logging
 
 import exporter
-from exporter.save import check_destination
+from exporter.making.save import check_destination
 
 STRATEGIES = ("default", "mirrored", "multi_worker")
 _EXPORT = flags.DEFINE_string("export", None, "The reusable SavedModel to fine-tune.")

@@ -20,7 +20,7 @@ import keras
 import exporter
 from exporter import cli
 
-_save = sys.modules["exporter.save"]
+_save = sys.modules["exporter.making.save"]
 
 
 def _terminate_self() -> None:

@@ -11,7 +11,7 @@ import tensorflow as tf
 from conftest import CORE, random_images, run_cli
 
 import exporter
-from exporter import conformance
+from exporter.checking import conformance
 
 EXPORTS = [("feature_vector", {}), ("classification", {}), ("classification", {"labels": True})]
 
@@ -336,7 +336,7 @@ def test_scan_finds_python_ops(tmp_path):
 
 
 def test_checkpoint_ops_are_allowed_only_in_the_saver(export):
-    from exporter import unsafe_ops
+    from exporter.checking import unsafe_ops
 
     path = Path(export("feature_vector", "mobilenet_v2", "none"))
     proto = conformance.read_saved_model(path)
@@ -352,7 +352,7 @@ def test_checkpoint_ops_reached_through_a_function_attribute_are_not_the_savers(
     placeholder attribute): it is not reachable solely from the saver."""
     from tensorflow.core.protobuf import saved_model_pb2
 
-    from exporter import unsafe_ops
+    from exporter.checking import unsafe_ops
 
     proto = saved_model_pb2.SavedModel()
     meta = proto.meta_graphs.add()

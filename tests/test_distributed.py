@@ -18,7 +18,7 @@ from conftest import REPO
 from test_keras_layer import tiny_backbone
 
 import exporter
-from exporter import conformance
+from exporter.checking import conformance
 
 TIMEOUT = 240  # Seconds for a worker; a hung collective fails the test instead of CI.
 

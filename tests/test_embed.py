@@ -473,7 +473,7 @@ def test_cli_bad_flags_fail_with_one_line(feature_vector, corpus, tmp_path):
 def test_core_never_imports_beam_and_the_cli_names_the_extra_without_it():
     script = (
         "import sys, runpy\n"
-        "import exporter, exporter.build, exporter.conformance, exporter.use\n"
+        "import exporter, exporter.making.build, exporter.checking.conformance, exporter.use\n"
         "assert 'apache_beam' not in sys.modules, 'the core imported Beam'\n"
         "sys.modules['apache_beam'] = None  # As if it were not installed.\n"
         "sys.argv = ['exporter.embed', '--help']\n"

@@ -19,7 +19,7 @@ from conftest import REPO, random_images
 from keras.src.saving.serialization_lib import SafeModeScope
 
 import exporter
-from exporter import conformance
+from exporter.checking import conformance
 from exporter.use.keras_layer import UnsafeSavedModelError
 
 SIZE = 32

@@ -7,7 +7,7 @@ import tensorflow as tf
 from conftest import random_images
 
 import exporter
-from exporter.build import KERNELS, add_weight_decay
+from exporter.making.build import KERNELS, add_weight_decay
 
 
 def _l2(weights, factor):

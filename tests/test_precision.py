@@ -7,7 +7,8 @@ import pytest
 import tensorflow as tf
 from conftest import random_images, run_cli
 
-from exporter import conformance, precision
+from exporter.checking import conformance
+from exporter.making import precision
 
 
 @pytest.fixture(scope="module", params=["bfloat16", "float16"])

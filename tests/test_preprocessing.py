@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 from conftest import random_images
 
-from exporter import preprocessing
+from exporter.making import preprocessing
 
 # One keras.applications family per mode, the convention each mode reproduces.
 REFERENCES = {

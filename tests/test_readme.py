@@ -11,7 +11,7 @@ from pathlib import Path
 import tensorflow as tf
 from conftest import REPO
 
-from exporter import registry
+from exporter.making import registry
 
 README = (REPO / "README.md").read_text()
 

@@ -80,7 +80,7 @@ def _finetune_export(*flags: str):
 def test_finetune_export_recipe_resumes_and_re_exports_a_conforming_classifier(
     export, image_folder, tmp_path
 ):
-    from exporter import conformance
+    from exporter.checking import conformance
 
     # An export as `python -m exporter.feature_vector` makes it (the fixture shares one).
     source = export("feature_vector", "mobilenet_v2", "none")
@@ -113,7 +113,7 @@ def test_finetune_export_recipe_multi_worker_only_the_chief_writes(image_folder,
     from test_keras_layer import tiny_backbone
 
     import exporter
-    from exporter import conformance
+    from exporter.checking import conformance
 
     keras.utils.set_random_seed(0)
     module = exporter.FeatureVectorModule(tiny_backbone(), preprocessing="identity")

@@ -6,7 +6,7 @@ import tensorflow as tf
 from conftest import CORE
 
 import exporter
-from exporter import registry
+from exporter.making import registry
 
 
 def test_list_backbones_is_sorted_and_has_the_core_three():

@@ -13,6 +13,7 @@ import tensorflow as tf
 from conftest import REPO, random_images
 
 import exporter
+from exporter.checking import conformance
 
 
 def _start_export(out, *flags):
@@ -181,6 +182,6 @@ def test_the_saver_reuses_the_export_traces(tmp_path, monkeypatch):
     assert len(forwards) == 2  # __call__(training=False) calls serve's trace.
     assert module.__dict__["__call__"].experimental_get_tracing_count() == 2
     assert module.serve.experimental_get_tracing_count() == 1
-    library = exporter.conformance.read_saved_model(tmp_path / "out").meta_graphs[0]
+    library = conformance.read_saved_model(tmp_path / "out").meta_graphs[0]
     saved = {f.signature.name for f in library.graph_def.library.function}
     assert {f.name.decode() for f in module._traces.functions.values()} <= saved

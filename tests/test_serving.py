@@ -15,7 +15,7 @@ import tensorflow as tf
 from conftest import run_cli
 
 import exporter
-from exporter import conformance
+from exporter.checking import conformance
 
 SERVING_SIZE = 64
 OUTPUT = "feature_vector"

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from exporter import conformance, unsafe_ops
+from exporter.checking import conformance, unsafe_ops
 
 try:
     import apache_beam as beam

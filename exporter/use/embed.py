@@ -31,7 +31,8 @@ from collections.abc import Sequence
 import numpy as np
 import tensorflow as tf
 
-from exporter import card, conformance
+from exporter.checking import conformance
+from exporter.making import card
 
 # First: when Beam is missing, beam_handler's ImportError names the extra to install.
 from exporter.use.beam_handler import (

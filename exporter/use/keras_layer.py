@@ -22,7 +22,8 @@ import keras
 import tensorflow as tf
 from keras.src.saving import serialization_lib
 
-from exporter import card, conformance, unsafe_ops
+from exporter.checking import conformance, unsafe_ops
+from exporter.making import card
 
 
 class UnsafeSavedModelError(ValueError):
@@ -74,7 +75,7 @@ class KerasLayer(keras.layers.Layer):
         output_key: The output to return from a dict of outputs (a signature's).
         signature_outputs_as_dict: Return a signature's whole dict of outputs.
         allow_unsafe_ops: Load a SavedModel even if it holds ops that touch files,
-            processes, the network or Python (found by ``exporter.unsafe_ops``).
+            processes, the network or Python (found by ``exporter.checking.unsafe_ops``).
         **kwargs: Passed to ``keras.layers.Layer`` (``name``, ``dtype``, ...).
 
     Raises:

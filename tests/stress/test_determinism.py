@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 from conftest import random_images, run_cli
 
-from exporter import fingerprint
+from exporter.checking import fingerprint
 
 pytestmark = pytest.mark.stress
 

@@ -35,7 +35,7 @@ import tensorflow as tf
 from conftest import REPO
 
 import exporter
-from exporter import checkpoint_index, conformance
+from exporter.checking import checkpoint_index, conformance
 
 pytestmark = pytest.mark.stress
 

@@ -6,7 +6,7 @@ a free input size cannot line up its reduction cells (probed; benchmarks/probe_b
 
 import keras
 
-from exporter.registry import Backbone
+from exporter.making.registry import Backbone
 
 BACKBONES = (
     Backbone(

@@ -4,7 +4,7 @@ import functools
 
 import keras
 
-from exporter.registry import Backbone
+from exporter.making.registry import Backbone
 
 _resnet = functools.partial(
     Backbone, family="resnet", preprocessing="caffe", native_size=224, min_size=32,

@@ -12,10 +12,11 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
-from exporter import preprocessing, spec
-from exporter.fingerprint import compute as content_fingerprint
-from exporter.module import HPARAMS
-from exporter.precision import MIN_COSINE
+from exporter import spec
+from exporter.checking.fingerprint import compute as content_fingerprint
+from exporter.making import preprocessing
+from exporter.making.module import HPARAMS
+from exporter.making.precision import MIN_COSINE
 from exporter.version import VERSION
 
 METADATA_FILE = "assets.extra/metadata.json"
@@ -34,8 +35,8 @@ def metadata(
     """Collect every fact SPEC.md asks the documentation to state.
 
     ``serving_size`` is the size ``serving_bytes`` resizes to; ``compute`` the measured
-    ``exporter.precision.Deviation`` of a module that computes in a lower precision;
-    ``fingerprint`` the export's content fingerprint (``exporter.fingerprint.compute``).
+    ``exporter.making.precision.Deviation`` of a module that computes in a lower precision;
+    ``fingerprint`` the export's content fingerprint (``exporter.checking.fingerprint.compute``).
     """
     classifier = module.task == "image_classification"
     labels = getattr(module, "labels", None)

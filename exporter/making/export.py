@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from exporter import precision, registry, serving
-from exporter.build import build_classifier, build_feature_vector
 from exporter.errors import ExportError
-from exporter.save import check_destination, save
+from exporter.making import precision, registry, serving
+from exporter.making.build import build_classifier, build_feature_vector
+from exporter.making.save import check_destination, save
 
 
 def read_labels(path: str | os.PathLike) -> list[str]:

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import keras
 
-from exporter import precision, registry
 from exporter.errors import ExportError
-from exporter.module import (
+from exporter.making import precision, registry
+from exporter.making.module import (
     DEFAULT_DROPOUT,
     POOLINGS,
     ClassifierModule,

@@ -6,7 +6,7 @@ import functools
 
 import keras
 
-from exporter.registry import Backbone
+from exporter.making.registry import Backbone
 
 _b = functools.partial(Backbone, family="efficientnet", preprocessing="raw255", min_size=32)
 _v2 = functools.partial(_b, family="efficientnet_v2", top_dropout=0.2)

@@ -6,7 +6,7 @@ it only works at 224x224.
 
 import keras
 
-from exporter.registry import Backbone
+from exporter.making.registry import Backbone
 
 BACKBONES = (
     Backbone(

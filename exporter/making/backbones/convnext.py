@@ -10,7 +10,7 @@ import functools
 
 import keras
 
-from exporter.registry import Backbone
+from exporter.making.registry import Backbone
 
 _convnext = functools.partial(
     Backbone,

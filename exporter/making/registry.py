@@ -5,8 +5,8 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 
-from exporter import preprocessing
 from exporter.errors import ExportError
+from exporter.making import preprocessing
 
 
 @dataclasses.dataclass(frozen=True)

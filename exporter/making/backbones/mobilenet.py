@@ -7,7 +7,7 @@ import functools
 
 import keras
 
-from exporter.registry import Backbone
+from exporter.making.registry import Backbone
 
 _mobilenet = functools.partial(Backbone, preprocessing="tf", native_size=224, min_size=32)
 _v3 = functools.partial(_mobilenet, family="mobilenet_v3", preprocessing="raw255", top_dropout=0.2)

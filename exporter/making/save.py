@@ -22,9 +22,11 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from exporter import card, conformance, precision, serving, spec
+from exporter import spec
+from exporter.checking import conformance
 from exporter.errors import ExportError
-from exporter.module import SAVE_OPTIONS, ImageModule, saver_tracing
+from exporter.making import card, precision, serving
+from exporter.making.module import SAVE_OPTIONS, ImageModule, saver_tracing
 from exporter.progress import stage
 
 LABELS_FILE = "labels.txt"
@@ -73,7 +75,7 @@ def save(
         module: The module to export.
         out: The SavedModel directory to create (or replace, see ``overwrite``).
         overwrite: Replace an existing SavedModel at ``out``.
-        serving_inputs: The serving signatures' inputs (``exporter.serving``): ``float32``
+        serving_inputs: The serving signatures' inputs (``exporter.making.serving``): ``float32``
             (``serving_default``, always), ``uint8`` (``serving_uint8``) and
             ``image_bytes`` (``serving_bytes``, encoded images).
         serving_size: The size ``serving_bytes`` resizes to; default the native size.
@@ -199,7 +201,7 @@ def verify(directory: Path, module: ImageModule, serving_size: int | None = None
     """Reload ``directory`` and check it against ``module``; raise ExportError if it differs.
 
     Compares inference, through ``__call__`` and ``serving_default``, with the in-memory
-    module on random images, then runs every conformance rule (``exporter.conformance``,
+    module on random images, then runs every conformance rule (``exporter.checking.conformance``,
     which calls both training modes on the reloaded copy, never on the in-memory module)
     with the card and metadata required.
     """

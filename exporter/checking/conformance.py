@@ -18,7 +18,9 @@ import tensorflow as tf
 from google.protobuf.message import DecodeError
 from tensorflow.core.protobuf import saved_model_pb2
 
-from exporter import card, checkpoint_index, files, fingerprint, spec, unsafe_ops
+from exporter import spec
+from exporter.checking import checkpoint_index, files, fingerprint, unsafe_ops
+from exporter.making import card
 
 RULES = {
     "no_tfhub_module_pb": "There is no tfhub_module.pb (the deprecated TF1 Hub format).",

@@ -11,7 +11,8 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from exporter import files, spec
+from exporter import spec
+from exporter.checking import files
 
 ALGORITHM = "sha256"
 VARIABLES_DIR = "variables"

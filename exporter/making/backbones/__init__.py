@@ -1,7 +1,7 @@
 """Every backbone family, registered explicitly in one place."""
 
-from exporter import registry
-from exporter.backbones import (
+from exporter.making import registry
+from exporter.making.backbones import (
     convnext,
     densenet,
     efficientnet,

@@ -3,7 +3,7 @@
 It wraps a Keras backbone (and, for classification, a head) and exposes exactly what
 ``SPEC.md`` lists: ``__call__(images, training=False, **hparams)``, ``variables``,
 ``trainable_variables``, ``regularization_losses`` and a ``serving_default`` function.
-Saving lives in ``exporter.save``; nothing here writes files.
+Saving lives in ``exporter.making.save``; nothing here writes files.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import keras
 import tensorflow as tf
 
 from exporter import spec
-from exporter.preprocessing import check_mode, preprocess
+from exporter.making.preprocessing import check_mode, preprocess
 
 POOLINGS = ("avg", "max")
 ACTIVATIONS = ("softmax", "sigmoid")

@@ -20,7 +20,7 @@ from google.protobuf.message import DecodeError
 from tensorflow.core.framework import types_pb2
 from tensorflow.core.protobuf import tensor_bundle_pb2
 
-from exporter import files
+from exporter.checking import files
 
 INDEX = "variables/variables.index"
 # TensorFlow's limits (tensor_shape.h): dimensions of a TensorShape, elements of a tensor.

@@ -2,7 +2,7 @@
 
 import keras
 
-from exporter.registry import Backbone
+from exporter.making.registry import Backbone
 
 BACKBONES = (
     Backbone(

@@ -16,6 +16,11 @@ IMAGE_SPEC = tf.TensorSpec([None, None, None, CHANNELS], IMAGE_DTYPE, name="imag
 EXPECTED = "a float32 tensor [batch_size, height, width, 3] (NHWC, RGB, values in [0, 1])"
 
 SAVED_MODEL_FILE = "saved_model.pb"
+# The model card and its metadata (in assets.extra/, copied by TensorFlow but never loaded)
+# and a classifier's labels asset: written by the making side, read by the checker and users.
+METADATA_FILE = "assets.extra/metadata.json"
+CARD_FILE = "assets.extra/model_card.md"
+LABELS_ASSET = "assets/labels.txt"
 # "Publishing layout": names that a .tar.gz for model hubs can carry.
 VALID_NAME = re.compile(r"^[A-Za-z0-9_]")
 FEATURE_VECTOR_OUTPUT = "feature_vector"

@@ -20,7 +20,6 @@ from tensorflow.core.protobuf import saved_model_pb2
 
 from exporter import spec
 from exporter.checking import checkpoint_index, files, fingerprint, unsafe_ops
-from exporter.making import card
 
 RULES = {
     "no_tfhub_module_pb": "There is no tfhub_module.pb (the deprecated TF1 Hub format).",
@@ -617,11 +616,11 @@ class _Checker:
             severity = FAIL if self.strict_metadata else WARN
             return severity, self.metadata_error
         problems = self._metadata_problems(self.metadata)
-        if not (self.path / card.CARD_FILE).is_file():
-            problems.append(f"no {card.CARD_FILE}")
+        if not (self.path / spec.CARD_FILE).is_file():
+            problems.append(f"no {spec.CARD_FILE}")
         if problems:
             return FAIL, "; ".join(problems)
-        return PASS, f"{card.METADATA_FILE} and {card.CARD_FILE} agree with the model"
+        return PASS, f"{spec.METADATA_FILE} and {spec.CARD_FILE} agree with the model"
 
     def _metadata_problems(self, facts: dict) -> list[str]:
         problems = []
@@ -688,19 +687,19 @@ def _accepts(obj, size: int) -> bool:
 
 
 def _read_metadata(path: Path) -> tuple[dict | None, str]:
-    file = path / card.METADATA_FILE
+    file = path / spec.METADATA_FILE
     if not file.is_file():
-        return None, f"no {card.METADATA_FILE}: the model's facts are undocumented"
+        return None, f"no {spec.METADATA_FILE}: the model's facts are undocumented"
     try:
         facts = json.loads(files.read_regular(file, _MAX_TEXT_BYTES).decode("utf-8"))
     except files.UnsafeFileError as error:
-        return None, f"{card.METADATA_FILE} cannot be read: {error}"
+        return None, f"{spec.METADATA_FILE} cannot be read: {error}"
     except OSError as error:
-        return None, f"{card.METADATA_FILE} cannot be read: {error.strerror or error}"
+        return None, f"{spec.METADATA_FILE} cannot be read: {error.strerror or error}"
     except (ValueError, UnicodeDecodeError) as error:
-        return None, f"{card.METADATA_FILE} is not valid JSON: {error}"
+        return None, f"{spec.METADATA_FILE} is not valid JSON: {error}"
     if not isinstance(facts, dict):
-        return None, f"{card.METADATA_FILE} is not a JSON object"
+        return None, f"{spec.METADATA_FILE} is not a JSON object"
     return facts, ""
 
 

@@ -19,10 +19,10 @@ from exporter.making.module import HPARAMS
 from exporter.making.precision import MIN_COSINE
 from exporter.version import VERSION
 
-METADATA_FILE = "assets.extra/metadata.json"
-CARD_FILE = "assets.extra/model_card.md"
+METADATA_FILE = spec.METADATA_FILE
+CARD_FILE = spec.CARD_FILE
 FORMAT = "exporter-metadata/1"
-LABELS_ASSET = "assets/labels.txt"
+LABELS_ASSET = spec.LABELS_ASSET
 
 
 def _tensorflow_minor() -> str:

@@ -1,7 +1,8 @@
 """The package's three sides import each other only one way (read with ast, nothing imported).
 
 Making never imports using; checking shares the contract (``exporter/spec.py``) with making
-but none of its code; the contract imports none of the sides.
+but none of its code; using reads an export through the contract and the checker, never the
+code that made it; the contract imports none of the sides.
 """
 
 import ast
@@ -15,6 +16,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "exporter"
 RULES = {
     "making never imports use": ("making", ("exporter.use",)),
     "checking never imports making": ("checking", ("exporter.making",)),
+    "use never imports making": ("use", ("exporter.making",)),
     "spec imports no side": (
         "spec.py",
         ("exporter.making", "exporter.checking", "exporter.use"),

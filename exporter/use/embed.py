@@ -31,8 +31,8 @@ from collections.abc import Sequence
 import numpy as np
 import tensorflow as tf
 
+from exporter import spec
 from exporter.checking import conformance
-from exporter.making import card
 
 # First: when Beam is missing, beam_handler's ImportError names the extra to install.
 from exporter.use.beam_handler import (
@@ -115,9 +115,9 @@ def describe_model(model: str, *, allow_unsafe_ops: bool = False) -> ModelFacts:
             check_safe(path)
     except (conformance.UnreadableError, UnsafeModelError) as error:
         raise EmbedError(f"--model: {error}") from None
-    facts = _read_json(f"{path}/{card.METADATA_FILE}")
+    facts = _read_json(f"{path}/{spec.METADATA_FILE}")
     size = facts.get("input") or {}
-    labels_file = f"{path}/{card.LABELS_ASSET}"
+    labels_file = f"{path}/{spec.LABELS_ASSET}"
     labels = None
     if tf.io.gfile.exists(labels_file):
         labels = tuple(tf.io.gfile.GFile(labels_file).read().splitlines())

@@ -22,8 +22,8 @@ import keras
 import tensorflow as tf
 from keras.src.saving import serialization_lib
 
+from exporter import spec
 from exporter.checking import conformance, unsafe_ops
-from exporter.making import card
 
 
 class UnsafeSavedModelError(ValueError):
@@ -222,7 +222,7 @@ class KerasLayer(keras.layers.Layer):
     @property
     def input_facts(self) -> dict | None:
         """The ``input`` facts of the SavedModel's exporter metadata, if it has ours."""
-        path = Path(self.handle, card.METADATA_FILE)
+        path = Path(self.handle, spec.METADATA_FILE)
         try:
             facts = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):

@@ -294,6 +294,39 @@ def test_exporter_refuses_a_model_that_breaks_a_rule(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def _amplifier(leak: float) -> keras.Model:
+    """A small model that amplifies rounding without bound, as deep random networks do.
+
+    Forty steps of the logistic map at 3.99 double any difference each step, so moving the
+    pixels by one part in a million ends as a difference of order 1. ``leak`` adds that fraction of the
+    batch mean to every pooled feature: 1e-6 is a leak no larger than rounding. Through such a
+    model no leak can be told from rounding (test_exporter_refuses_a_model_that_breaks_a_rule
+    keeps a leak in a model that does not amplify a failure).
+    """
+
+    def chaos(pooled):
+        shared = pooled + leak * keras.ops.mean(pooled, axis=0, keepdims=True)
+        y = keras.ops.sigmoid(shared)
+        for _ in range(40):
+            y = 3.99 * y * (1.0 - y)
+        return y
+
+    inputs = keras.Input((None, None, 3))
+    keras.utils.set_random_seed(3)
+    features = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3)(inputs))
+    return keras.Model(inputs, keras.layers.Lambda(chaos)(features))
+
+
+def test_batch_independence_cannot_be_judged_through_amplified_rounding(tmp_path):
+    # As EfficientNetV2-M and -L with --weights=none (a one-step nudge of every pixel moves
+    # L's output by 0.8 of its scale): the rule warns instead of refusing the export.
+    module = exporter.FeatureVectorModule(_amplifier(1e-6), preprocessing="identity")
+    path = exporter.save(module, tmp_path / "model")
+    result = {r.rule: r for r in conformance.check(path).results}["batch_independent"]
+    assert result.status == "warn", result
+    assert "cannot tell" in result.message and "amplifies rounding" in result.message, result
+
+
 # -- safety ------------------------------------------------------------------------------
 
 

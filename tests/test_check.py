@@ -298,10 +298,11 @@ def _amplifier(leak: float) -> keras.Model:
     """A small model that amplifies rounding without bound, as deep random networks do.
 
     Forty steps of the logistic map at 3.99 double any difference each step, so moving the
-    pixels by one part in a million ends as a difference of order 1. ``leak`` adds that fraction of the
-    batch mean to every pooled feature: 1e-6 is a leak no larger than rounding. Through such a
-    model no leak can be told from rounding (test_exporter_refuses_a_model_that_breaks_a_rule
-    keeps a leak in a model that does not amplify a failure).
+    pixels by one part in a million ends as a difference of order 1. ``leak`` adds that
+    fraction of the batch mean to every pooled feature: 1e-6 is a leak no larger than
+    rounding. Through such a model no leak can be told from rounding
+    (test_exporter_refuses_a_model_that_breaks_a_rule keeps a leak in a model that does not
+    amplify a failure).
     """
 
     def chaos(pooled):

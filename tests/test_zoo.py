@@ -6,7 +6,7 @@ model of the same weights fed the family's ``preprocess_input`` (issue 8).
 Each backbone is checked by ``tests/zoo_check.py`` in a fresh Python process (see there
 why). The processes start in the background when collection ends (``zoo_runner.py``);
 one test per backbone reports its process's verdict, with its output when it fails. The
-own ImageNet classifier is checked for one backbone per family (``OWN_HEADS``).
+own ImageNet classifier and max pooling are checked for one backbone per family (``OWN_HEADS``).
 ``EXPORTER_ZOO_JOBS`` (default 2) processes run at a time once this file is reached.
 """
 

@@ -1,9 +1,9 @@
 """Check one registered backbone end to end; run by tests/test_zoo.py in a fresh process.
 
 Usage: ``python tests/zoo_check.py NAME [--own_head]``. Checks the feature vector (equal to
-Keras' own ``include_top=False, pooling="avg"`` and ``"max"`` models on the same weights, at
-two sizes) and, with ``--own_head``, the classifier that keeps the backbone's own ImageNet
-head. Exit status 0
+Keras' own ``include_top=False, pooling="avg"`` model on the same weights, at two sizes, and
+to the ``"max"`` one for one backbone per family, ``OWN_HEADS``) and, with ``--own_head``, the
+classifier that keeps the backbone's own ImageNet head. Exit status 0
 means every check passed; a failed check raises, so the traceback names it.
 
 A fresh process per backbone keeps exports fast: after dozens of backbones in one process,
@@ -40,6 +40,7 @@ from conftest import calibrate_batch_norm, random_images  # noqa: E402  (this sc
 from zoo_runner import OWN_HEADS  # noqa: E402
 
 import exporter  # noqa: E402
+from exporter.checking.conformance import shape_free_call  # noqa: E402
 
 tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})  # See above.
 
@@ -180,18 +181,21 @@ def check_bottleneck(facts, reference: keras.Model, pooling: str, call) -> None:
 def check_feature_vector(name: str, scratch: Path) -> None:
     facts = exporter.get_backbone(name)
     pooled, weights = reference_and_weights(name, scratch, include_top=False)
-    # Max pooling is checked on the in-memory module (each export's verify step already
-    # proves the saved __call__ equal to it), avg pooling on the reloaded export.
-    max_module = exporter.build_feature_vector(name, weights=weights, pooling="max")
-    spec = tf.TensorSpec([None, None, None, 3], tf.float32)
-    max_call = tf.function(lambda x: max_module(x), input_signature=[spec])  # One trace.
-    check_bottleneck(facts, pooled_reference(facts, weights, "max"), "max", max_call)
-    max_module = max_call = None  # Free the model before the export.
+    if name in OWN_HEADS:
+        # Max pooling, once per family: it differs from avg only in the pooling op (and,
+        # in ConvNeXt, the LayerNorm after it), while the feature map, preprocessing and
+        # head it pools are those the avg check below proves for every backbone. Checked on
+        # the in-memory module (each export's verify step proves the saved __call__ equal).
+        max_module = exporter.build_feature_vector(name, weights=weights, pooling="max")
+        spec = tf.TensorSpec([None, None, None, 3], tf.float32)
+        max_call = tf.function(lambda x: max_module(x), input_signature=[spec])  # One trace.
+        check_bottleneck(facts, pooled_reference(facts, weights, "max"), "max", max_call)
+        max_module = max_call = None  # Free the model before the export.
     module = exporter.build_feature_vector(name, weights=weights)
     assert module.num_features == facts.num_features, (module.num_features, facts.num_features)
     path = exporter.save(module, scratch / "feature_vector")
     del module
-    obj = tf.saved_model.load(str(path))
+    obj = load(path)
 
     # The export equals Keras' own include_top=False, pooling="avg" model on the same
     # weights fed the family's preprocess_input: the bottleneck, preprocessing included.
@@ -280,7 +284,7 @@ def check_own_classifier(name: str, scratch: Path) -> None:
     assert metadata["hparams"]["dropout_rate"]["default"] == (facts.top_dropout or 0.2)
 
     # The logits are Keras' own classifier's, softmax removed.
-    obj = tf.saved_model.load(str(path))
+    obj = load(path)
     images = random_images(2, facts.native_size)
     expected = graph_call(reference, preprocessed(facts, images))
     assert_close(obj(tf.constant(images)).numpy(), expected)
@@ -290,6 +294,21 @@ def check_own_classifier(name: str, scratch: Path) -> None:
     else:  # A head fixed at the native size refuses any other, saying which it needs.
         with _raises(f"exactly {facts.native_size}"):
             obj(tf.zeros([1, facts.native_size - 1, facts.native_size, 3]))
+
+
+def load(path: Path):
+    """The reloaded export's ``__call__``, instantiated once per ``training`` value.
+
+    Called eagerly, a restored function is instantiated again, graph optimization and all,
+    for every new input shape (seconds each for the large backbones); the checks here call
+    it at up to three shapes per ``training`` value.
+    """
+    loaded = tf.saved_model.load(str(path))
+
+    def call(images, training=False):
+        return shape_free_call(loaded, training)(tf.convert_to_tensor(images))
+
+    return call
 
 
 @contextlib.contextmanager

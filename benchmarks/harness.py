@@ -604,28 +604,47 @@ def _save_figure(plt, fig, title: str, path: Path) -> bool:
 
 
 def plot_scaling(report: dict, path: Path) -> bool | None:
-    """Export wall time and peak RSS against parameter count, one series per exporter."""
+    """Export wall time and peak RSS against parameter count, and wall time against the size
+    of the graph (``saved_model.pb``), one series per exporter."""
     index = {(r["backbone"], r["figure"], r["variant"]): r for r in report["summary"]}
     params = {b: info.get("params") for b, info in report["backbones"].items()}
-    figures = ("export_wall_s", "export_peak_rss_mb")
-    if not any((b, figures[0], e) in index and params.get(b) for b in params for e in EXPORTERS):
+    if not any(
+        (b, "export_wall_s", e) in index and params.get(b) for b in params for e in EXPORTERS
+    ):
         return False
     plt = _pyplot()
     if plt is None:
         return None
-    fig, axes = plt.subplots(1, 2, figsize=(12, 5))
+
+    def parameters(backbone, _):
+        return params[backbone] / 1e6 if params.get(backbone) else None
+
+    def graph(backbone, exporter_name):
+        row = index.get((backbone, "saved_model_pb_mb", exporter_name))
+        return row["median"] if row else None
+
+    panels = (
+        (parameters, "parameters (millions)", "export_wall_s"),
+        (parameters, "parameters (millions)", "export_peak_rss_mb"),
+        (graph, "saved_model.pb, the graph (MB)", "export_wall_s"),
+    )
+    fig, axes = plt.subplots(1, len(panels), figsize=(18, 5))
     plain = plt.FuncFormatter(lambda value, _: f"{value:g}")
-    for ax, figure in zip(axes, figures, strict=True):
+    # Minor ticks at 2, 3 and 5 only: every one of them labelled overlaps on a wide range.
+    sparse = plt.FuncFormatter(
+        lambda value, _: f"{value:g}" if _leading_digit(value) in (2, 3, 5) else ""
+    )
+    for ax, (x_of, x_label, figure) in zip(axes, panels, strict=True):
         named = False
         for exporter_name in EXPORTERS:
             points = [
-                (params[b], index[(b, figure, exporter_name)], b)
+                (x_of(b, exporter_name), index[(b, figure, exporter_name)], b)
                 for b in params
-                if params[b] and (b, figure, exporter_name) in index
+                if (b, figure, exporter_name) in index and x_of(b, exporter_name)
             ]
             if not points:
                 continue
-            xs = [p / 1e6 for p, _, _ in points]
+            xs = [x for x, _, _ in points]
             ys = [r["median"] for _, r, _ in points]
             spread = [
                 [r["median"] - r["min"] for _, r, _ in points],
@@ -642,8 +661,8 @@ def plot_scaling(report: dict, path: Path) -> bool | None:
         ax.set_yscale("log")
         for axis in (ax.xaxis, ax.yaxis):  # 3, 20, 200 rather than 3 x 10^0.
             axis.set_major_formatter(plain)
-            axis.set_minor_formatter(plain)
-        ax.set_xlabel("parameters (millions)")
+            axis.set_minor_formatter(sparse)
+        ax.set_xlabel(x_label)
         ax.set_ylabel(f"{label} ({unit})")
         if named:
             ax.legend(fontsize=7)
@@ -654,6 +673,11 @@ def plot_scaling(report: dict, path: Path) -> bool | None:
         f"{machine['cpu']}, {machine['cpus']} CPUs, {machine['date']})"
     )
     return _save_figure(plt, fig, title, path)
+
+
+def _leading_digit(value: float) -> int:
+    """The first significant digit of a positive number (3 for 0.3, 300 and 3.2)."""
+    return int(f"{value:.0e}"[0]) if value > 0 else 0
 
 
 # ---------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ own ImageNet classifier and max pooling are checked for one backbone per family 
 
 import pytest
 from conftest import BACKBONES, ZOO_TEST
-from zoo_runner import OWN_HEADS
+from zoo_runner import LONGEST_FIRST, OWN_HEADS, _start_order
 
 import exporter
 
@@ -43,3 +43,10 @@ def test_own_heads_cover_every_family():
     assert set(OWN_HEADS) <= set(BACKBONES)
     families = {exporter.get_backbone(name).family for name in BACKBONES}
     assert {exporter.get_backbone(name).family for name in OWN_HEADS} == families
+
+
+def test_the_longest_zoo_processes_start_first():
+    assert set(LONGEST_FIRST) <= set(BACKBONES)  # A renamed backbone would silently go last.
+    order = sorted(BACKBONES, key=_start_order)
+    assert order[: len(LONGEST_FIRST)] == list(LONGEST_FIRST)
+    assert order[len(LONGEST_FIRST) :] == [n for n in BACKBONES if n not in LONGEST_FIRST]

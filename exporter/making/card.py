@@ -19,10 +19,7 @@ from exporter.making.module import HPARAMS
 from exporter.making.precision import MIN_COSINE
 from exporter.version import VERSION
 
-METADATA_FILE = spec.METADATA_FILE
-CARD_FILE = spec.CARD_FILE
 FORMAT = "exporter-metadata/1"
-LABELS_ASSET = spec.LABELS_ASSET
 
 
 def _tensorflow_minor() -> str:
@@ -48,9 +45,9 @@ def metadata(
         "num_classes": module.num_classes if classifier else None,
         "classes": {
             "activation": module.activation,
-            "labels_file": LABELS_ASSET if labels else None,
+            "labels_file": spec.LABELS_ASSET if labels else None,
             "definition": (
-                f"index i is line i+1 of {LABELS_ASSET}" if labels else "index i is class i"
+                f"index i is line i+1 of {spec.LABELS_ASSET}" if labels else "index i is class i"
             ),
         }
         if classifier
@@ -264,7 +261,8 @@ def write(
         compute=compute,
         fingerprint=content_fingerprint(directory),
     )
-    (directory / METADATA_FILE).parent.mkdir(exist_ok=True)
-    (directory / METADATA_FILE).write_text(json.dumps(facts, indent=2) + "\n", encoding="utf-8")
-    (directory / CARD_FILE).write_text(card(facts), encoding="utf-8")
+    facts_file = directory / spec.METADATA_FILE
+    facts_file.parent.mkdir(exist_ok=True)
+    facts_file.write_text(json.dumps(facts, indent=2) + "\n", encoding="utf-8")
+    (directory / spec.CARD_FILE).write_text(card(facts), encoding="utf-8")
     return facts

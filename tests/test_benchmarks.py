@@ -139,3 +139,47 @@ def test_an_export_run_through_the_harness(tmp_path):
     )
     assert path.with_suffix(".md").read_text() == done.stdout.rstrip("\n") + "\n"
     assert not (tmp_path / "scratch" / "mobilenet_v2").exists()  # Cleaned once measured.
+
+
+def test_op_profile_counts_each_op_type_per_call(tmp_path):
+    """The profiler's own table, summed by op type: one Conv2D per call, its time real."""
+    import numpy as np
+    import op_profile
+    import tensorflow as tf
+
+    kernel = tf.constant(np.ones((3, 3, 3, 4), np.float32))
+    images = tf.constant(np.ones((2, 32, 32, 3), np.float32))
+    function = tf.function(lambda: tf.nn.relu(tf.nn.conv2d(images, kernel, 1, "SAME")))
+    function()  # Traced before profiling, as op_profile's warm-up does.
+    ops = op_profile.op_times(lambda: function().numpy(), 3, tmp_path / "log")
+    [conv] = [kind for kind in ops if "Conv2D" in kind]  # "_MklNativeConv2D" with oneDNN.
+    assert ops[conv]["count"] == pytest.approx(1.0)
+    assert ops[conv]["self_ms"] > 0
+    assert any("Relu" in kind for kind in ops), sorted(ops)
+
+
+def test_op_profile_table_lists_the_op_types_that_differ_most():
+    import op_profile
+
+    host = {"host_busy_s": 2.0, "host_idle_s": 0.1, "steal_s": 0.0}
+    calls = {v: [{"wall_s": w, "cpu_s": w, **host}] for v, w in (("a", 1.1), ("b", 1.0))}
+    report = {
+        "backbone": "resnet50", "mode": "finetune", "batch": 16, "size": 224,
+        "variants": ["a", "b"], "calls": calls,
+        "median": {v: c[0] for v, c in calls.items()},
+        "op_types": {
+            "a": {"Conv2D": {"self_ms": 50.0, "count": 3}, "Mul": {"self_ms": 9.0, "count": 2},
+                  "IDLE": {"self_ms": 40.0, "count": 0}},
+            "b": {"Conv2D": {"self_ms": 49.0, "count": 3},
+                  "FusedBatchNormV3": {"self_ms": 4.0, "count": 1}},
+        },
+    }  # fmt: skip
+    text = op_profile.render(report, top=2)
+    assert "ratio a / b: wall 1.100x, CPU 1.100x" in text
+    rows = [line for line in text.splitlines() if line.startswith("| ") and " ms |" not in line]
+    # Mul (+9) and FusedBatchNormV3 (-4) differ most; Conv2D (+1) is left out at top=2.
+    assert rows[1].startswith("| Mul | 9.0 | 0.0 | +9.0 | 2 | 0 |"), rows
+    assert rows[2].startswith("| FusedBatchNormV3 | 0.0 | 4.0 | -4.0 | 0 | 1 |"), rows
+    assert "| Conv2D |" not in text
+    assert "| all op types | 59.0 | 53.0 | +6.0 | 5 | 4 |" in text  # IDLE is not an op type,
+    assert "| (idle, no op running) | 40.0 | 0.0 |" in text  # and is shown apart.

@@ -213,3 +213,78 @@ def test_swish_gradient_is_saved_once_and_equals_keras(export, calibrated_weight
     assert [v.shape for v in obj.trainable_variables] == [v.shape for v in keras_variables]
     for actual, expected in zip(ours, theirs, strict=True):
         _close(actual, expected, rtol=1e-3)
+
+
+def _batch_norm_backbone() -> keras.Model:
+    """Batch norms of every kind the module meets: fusable ones (with and without scale or
+    offset, their own momentum), one with too small an epsilon for TensorFlow's fused
+    kernel, and one after pooling (2-D): only the first three run the fused kernel."""
+    inputs = keras.Input((None, None, 3))
+    x = keras.layers.Conv2D(8, 3, strides=2)(inputs)
+    x = keras.layers.BatchNormalization(momentum=0.9, name="fused_full")(x)
+    x = keras.layers.ReLU()(x)
+    x = keras.layers.Conv2D(8, 3)(x)
+    x = keras.layers.BatchNormalization(scale=False, name="fused_no_scale")(x)
+    x = keras.layers.BatchNormalization(center=False, epsilon=1e-3, name="fused_no_center")(x)
+    x = keras.layers.BatchNormalization(epsilon=1e-6, name="keras_tiny_epsilon")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    x = keras.layers.BatchNormalization(name="keras_2d")(x)
+    return keras.Model(inputs, x, name="norms")
+
+
+def test_training_pass_runs_fused_batch_norm_and_equals_keras(tmp_path):
+    """Training runs TensorFlow's fused batch-norm kernel where it can (issue 13: tf-keras
+    fine-tunes with it, Keras 3 without), and computes exactly what Keras 3 does: outputs,
+    moving statistics and gradients, in memory and reloaded."""
+    keras.utils.set_random_seed(1)
+    backbone, reference = _batch_norm_backbone(), _batch_norm_backbone()
+    initial = backbone.get_weights()
+    with pytest.warns(UserWarning, match="batch_norm_momentum"):  # Two momenta: no hparam.
+        module = exporter.FeatureVectorModule(backbone, preprocessing="identity")
+    # The 2-D one qualifies by its layer, and is left to Keras by its input's rank.
+    assert [n.name for n in module._fused.norms] == [
+        "fused_full", "fused_no_scale", "fused_no_center", "keras_2d",
+    ]  # fmt: skip
+    obj = tf.saved_model.load(str(exporter.save(module, tmp_path / "export")))
+    # A loss that differs per image and feature (the last batch norm makes any loss of
+    # per-feature weights alone constant: every feature sums to its offset over the batch).
+    weights = tf.constant(np.random.default_rng(2).standard_normal((3, 8)), tf.float32)
+
+    def step(call, variables, images):
+        with tf.GradientTape() as tape:
+            features = call(images, training=True)
+            loss = tf.reduce_sum(features * weights)
+        return features, tape.gradient(loss, variables)
+
+    for ours in (module, obj):
+        reference.set_weights(initial)
+        images = tf.constant(random_images(3, 37))
+        features, gradients = step(ours, ours.trainable_variables, images)
+        keras_variables = [v.value for v in reference.trainable_variables]
+        expected, expected_gradients = step(reference, keras_variables, images)
+        _close(features, expected, rtol=1e-5)
+        # Relative to the largest gradient: a bias before a batch norm cancels, and its
+        # gradient is float32 rounding in both (1e-5 against 1e-4 of a largest near 1).
+        scale = max(float(np.max(np.abs(g))) for g in expected_gradients)
+        assert scale > 0.1, scale
+        for actual, wanted in zip(gradients, expected_gradients, strict=True):
+            np.testing.assert_allclose(actual, wanted, rtol=1e-4, atol=1e-4 * scale)
+        # Every variable as Keras left it: the moving statistics moved, and alike.
+        assert len(ours.variables) == len(reference.variables)
+        moved = 0
+        pairs = zip(ours.variables, reference.variables, initial, strict=True)
+        for actual, wanted, before in pairs:
+            wanted = np.asarray(wanted)
+            np.testing.assert_allclose(np.asarray(actual), wanted, rtol=1e-5, atol=1e-7)
+            moved += not np.array_equal(wanted, before)
+        assert moved == 10  # Two statistics of each of the five batch norms.
+
+    # The saved training pass holds the fused kernel, one per fusable batch norm; the
+    # inference pass is Keras' own graph.
+    counts = {}
+    for function in obj.__call__.concrete_functions:
+        training = function.structured_input_signature[0][1]  # (images, training)
+        graph = function.graph.as_graph_def()
+        nodes = [*graph.node, *(n for f in graph.library.function for n in f.node_def)]
+        counts[training] = sum(n.op == "FusedBatchNormV3" for n in nodes)
+    assert counts == {False: 0, True: 3}, counts

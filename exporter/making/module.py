@@ -221,6 +221,80 @@ def _batch_norms(layers) -> list:
     return _unique(s for s in found if hasattr(s, "moving_mean") and hasattr(s, "momentum"))
 
 
+# TensorFlow's fused kernel refuses a smaller epsilon (tf.compat.v1.nn.fused_batch_norm).
+_FUSED_MIN_EPSILON = 1.001e-5
+
+
+def _fusable_batch_norms(norms) -> list:
+    """The Keras 3 batch norms whose training pass can run TensorFlow's fused kernel.
+
+    Keras 3 computes a training pass's batch norm from separate ops (the moments, then the
+    normalization) and their gradients; tf-keras, and TensorFlow models generally, run one
+    fused kernel each way. Only plain ``keras.layers.BatchNormalization`` over the channels
+    of a channels-last map qualifies: not renorm, not synchronized across replicas, not a
+    subclass with its own ``call``.
+    """
+    plain = keras.layers.BatchNormalization
+    return [
+        n for n in norms
+        if isinstance(n, plain) and type(n).call is plain.call and not n.renorm
+        and not n.synchronized and n.axis in (-1, 3) and n.epsilon >= _FUSED_MIN_EPSILON
+    ]  # fmt: skip
+
+
+def _fused_training_call(layer):
+    """``layer.call``, computing a training pass on 4-D float inputs with the fused kernel.
+
+    It computes what Keras 3's own training pass does: outputs normalized by the batch's
+    mean and (biased) variance, and the moving statistics updated with ``layer.momentum``
+    from that mean and variance (the kernel reports the variance with Bessel's correction,
+    undone here). Anything else (inference, a mask, another rank or dtype) is Keras' own.
+    """
+    keras_call = type(layer).call.__get__(layer)
+    floats = (tf.float16, tf.bfloat16, tf.float32)
+
+    def call(inputs, training=None, mask=None):
+        inputs = tf.convert_to_tensor(inputs)
+        if (
+            not (training and layer.trainable) or mask is not None
+            or inputs.shape.rank != 4 or inputs.dtype not in floats
+        ):  # fmt: skip
+            return keras_call(inputs, training=training, mask=mask)
+        x = tf.cast(inputs, tf.float32)  # As Keras 3 computes batch norm: in float32.
+        channels = x.shape[-1]
+        gamma = tf.cast(layer.gamma, tf.float32) if layer.scale else tf.ones([channels])
+        beta = tf.cast(layer.beta, tf.float32) if layer.center else tf.zeros([channels])
+        outputs, mean, corrected = tf.compat.v1.nn.fused_batch_norm(
+            x, gamma, beta, epsilon=layer.epsilon, data_format="NHWC", is_training=True
+        )
+        count = tf.cast(tf.reduce_prod(tf.shape(x, out_type=tf.int64)[:-1]), tf.float32)
+        variance = corrected * (tf.maximum(count - 1.0, 1.0) / count)
+        momentum = tf.cast(layer.momentum, tf.float32)
+        moving_mean = tf.cast(layer.moving_mean, tf.float32)
+        moving_variance = tf.cast(layer.moving_variance, tf.float32)
+        layer.moving_mean.assign(moving_mean * momentum + mean * (1.0 - momentum))
+        layer.moving_variance.assign(moving_variance * momentum + variance * (1.0 - momentum))
+        return tf.cast(outputs, layer.compute_dtype)
+
+    return call
+
+
+@contextlib.contextmanager
+def _fused_training(norms, training: bool):
+    """While tracing a training pass, each of ``norms`` (``_fusable_batch_norms``) calls
+    ``_fused_training_call``; Keras' own ``call`` is back afterwards."""
+    if not training:
+        yield
+        return
+    try:
+        for norm in norms:
+            norm.__dict__["call"] = _fused_training_call(norm)
+        yield
+    finally:
+        for norm in norms:
+            norm.__dict__.pop("call", None)
+
+
 def _shared(values, hparam: str):
     """The one value all of ``values`` share, the hparam's default; None if there is none."""
     values = sorted(set(values))
@@ -389,6 +463,7 @@ class ImageModule(tf.Module):
         # Hidden from the saver, like the rest: a plain list of layers would be saved as
         # objects of the export (EfficientNetB0's variables/ grew by 1.3 MB).
         self._swish = _Hidden(layers=_swish_layers(layers))
+        self._fused = _Hidden(norms=_fusable_batch_norms(norms))
         rates = [d.rate for d in dropouts] + [i.hparams["dropout_rate"] for i in inner
                                               if "dropout_rate" in i.hparams]  # fmt: skip
         momenta = [float(n.momentum) for n in norms] + [
@@ -519,6 +594,7 @@ class ImageModule(tf.Module):
             _overridden(self._tunable.batch_norm_momentum, "momentum", momentum),
             _overridden(self._tunable.inner, "hparam_overrides", overrides or None),
             _overridden(self._swish.layers, "activation", shared_silu),
+            _fused_training(self._fused.norms, training),
         ):
             # Our own scope first: a Keras name like "_my_model" is invalid as a root scope.
             with tf.name_scope("backbone"):

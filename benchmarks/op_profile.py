@@ -45,20 +45,21 @@ REPO = Path(__file__).resolve().parents[1]
 if (REPO / "exporter" / "__init__.py").is_file() and str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))  # Measure this checkout, as compare.py does.
 
-_BACKBONE = flags.DEFINE_string("backbone", "mobilenet_v2", "A registered backbone name.")
-_MODE = flags.DEFINE_enum(
-    "mode", "latency", ["latency", "finetune"], "Profile inference calls or fine-tune steps."
-)
-_BATCH = flags.DEFINE_integer("batch", 16, "Images per call or step.", lower_bound=1)
-_SIZE = flags.DEFINE_integer("size", 224, "Image height and width.", lower_bound=32)
-_CALLS = flags.DEFINE_integer("calls", 10, "Timed calls of each per round.", lower_bound=1)
-_ROUNDS = flags.DEFINE_integer("rounds", 3, "Rounds, the order rotated.", lower_bound=1)
-_WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed calls of each first.", lower_bound=1)
-_PROFILED = flags.DEFINE_integer(
-    "profiled_calls", 3, "Calls of each under the profiler, after the timed rounds.", lower_bound=1
-)
-_TOP = flags.DEFINE_integer("top", 15, "Op types listed (those that differ most).", lower_bound=1)
-_JSON = flags.DEFINE_string("json", None, "Also write the figures here as JSON.")
+if __name__ == "__main__":  # Defined only when run: tests import this module beside others.
+    _BACKBONE = flags.DEFINE_string("backbone", "mobilenet_v2", "A registered backbone name.")
+    _MODE = flags.DEFINE_enum(
+        "mode", "latency", ["latency", "finetune"], "Profile inference calls or fine-tune steps."
+    )
+    _BATCH = flags.DEFINE_integer("batch", 16, "Images per call or step.", lower_bound=1)
+    _SIZE = flags.DEFINE_integer("size", 224, "Image height and width.", lower_bound=32)
+    _CALLS = flags.DEFINE_integer("calls", 10, "Timed calls of each per round.", lower_bound=1)
+    _ROUNDS = flags.DEFINE_integer("rounds", 3, "Rounds, the order rotated.", lower_bound=1)
+    _WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed calls of each first.", lower_bound=1)
+    _PROFILED = flags.DEFINE_integer(
+        "profiled_calls", 3, "Calls of each profiled after the timed rounds.", lower_bound=1
+    )
+    _TOP = flags.DEFINE_integer("top", 15, "Op types listed (those differing most).", lower_bound=1)
+    _JSON = flags.DEFINE_string("json", None, "Also write the figures here as JSON.")
 
 IDLE = "IDLE"  # framework_op_stats' row for the time no op ran.
 USER_HZ = os.sysconf("SC_CLK_TCK")

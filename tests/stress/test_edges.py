@@ -29,14 +29,25 @@ def mobilenet(export):
 
 def test_empty_batch(mobilenet):
     empty = tf.zeros([0, 32, 32, 3])
-    assert mobilenet(empty).shape == (0, 1280)
-    assert mobilenet.signatures["serving_default"](images=empty)["feature_vector"].shape == (
-        0, 1280)  # fmt: skip
     images = tf.constant(random_images(2, 32))
     before = mobilenet(images).numpy()
     with pytest.raises(tf.errors.InvalidArgumentError, match="Expected at least one image"):
         mobilenet(empty, training=True)
     np.testing.assert_array_equal(mobilenet(images).numpy(), before)  # Moving averages kept.
+    if not tensorflow_convolves_an_empty_batch():
+        pytest.xfail("TensorFlow here gives a convolution of an empty batch the input's "
+                     "shape (oneDNN), so no Keras model runs one: see BUILD_NOTES")  # fmt: skip
+    assert mobilenet(empty).shape == (0, 1280)
+    assert mobilenet.signatures["serving_default"](images=empty)["feature_vector"].shape == (
+        0, 1280)  # fmt: skip
+
+
+def tensorflow_convolves_an_empty_batch() -> bool:
+    """Whether ``tf.nn.conv2d`` gives an empty batch its output's shape here. TF 2.21 with
+    oneDNN on this project's machine of 2026-11-28 (AMD EPYC, AVX-512) returns the input's
+    shape instead, so every Keras model fails on an empty batch (plain Keras too)."""
+    out = tf.nn.conv2d(tf.zeros([0, 8, 8, 3]), tf.ones([3, 3, 3, 4]), 2, "VALID")
+    return tuple(out.shape) == (0, 3, 3, 4)
 
 
 def test_batch_256_equals_batches_of_16_and_of_1(mobilenet):

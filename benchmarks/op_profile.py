@@ -163,14 +163,12 @@ def finetune_variants(name: str, path: Path, batch: int, size: int):
 
 
 def export_ours(name: str, scratch: Path) -> tuple[Path, Path]:
-    """A weights file of the pooled Keras model, and our export of it by the CLI."""
+    """A weights file of the pooled Keras model (as compare.py makes it), and our export of
+    it by the CLI."""
     import keras
 
-    import exporter
-
-    keras.utils.set_random_seed(0)
     weights = scratch / f"{name}.weights.h5"
-    exporter.load_backbone(name, weights="none", pooling="avg").save_weights(weights)
+    harness.TASKS["prepare"]({"backbone": name, "weights_file": str(weights)})
     keras.backend.clear_session()
     path = scratch / "ours"
     command = [

@@ -195,6 +195,7 @@ def plan_backbone(
     notes: list[str],
 ) -> list[Job]:  # fmt: skip
     """Every child process one backbone needs, in the order they run."""
+    # One function: the figure groups' jobs depend on each other's outputs, read in run order.
     name, repeats = facts.name, range(_REPEATS.value)
     size = _image_size(facts, notes)
     fixed = facts.native_size if facts.fixed_size else None
@@ -444,6 +445,8 @@ def _child_env() -> dict:
 
 
 def main(argv):
+    """Run one worker (``--worker``), or plan, run and report every figure asked for."""
+    # Long but flat: check the flags, plan the children, run them, write the report.
     if len(argv) > 1:
         sys.exit(f"error: unexpected arguments {argv[1:]}; flags take the form --name=value.")
     if _WORKER.value:

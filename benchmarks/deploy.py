@@ -49,12 +49,12 @@ def _calibrated_weights(facts, size: int) -> list:
 
 
 def _module(facts, weights: list, compute_dtype: str):
-    def make():
+    def make(float32_twin=None):
         model = facts.build(include_top=False, weights=None, input_shape=(None, None, 3))
         model.set_weights(weights)
         return exporter.FeatureVectorModule(
             model, preprocessing=facts.preprocessing, min_size=facts.min_size,
-            native_size=facts.native_size, name=facts.name,
+            native_size=facts.native_size, name=facts.name, float32_twin=float32_twin,
         )  # fmt: skip
 
     return with_compute_dtype(make, compute_dtype)

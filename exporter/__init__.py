@@ -9,7 +9,7 @@ from exporter import console as _console
 
 _console.quiet_native_logs()  # Before anything imports TensorFlow.
 
-from exporter.errors import ExportError
+from exporter.errors import Error, ExportError, UnsafeOpsError
 from exporter.making import backbones as _backbones
 from exporter.making.build import (
     build_classifier,
@@ -18,7 +18,8 @@ from exporter.making.build import (
     load_backbone,
 )
 from exporter.making.export import export_classifier, export_feature_vector, read_labels
-from exporter.making.module import ClassifierModule, FeatureVectorModule, HeadDropout, ImageModule
+from exporter.making.head import HeadDropout
+from exporter.making.module import ClassifierModule, FeatureVectorModule, ImageModule
 from exporter.making.registry import Backbone
 from exporter.making.registry import get as get_backbone
 from exporter.making.registry import names as list_backbones
@@ -31,6 +32,7 @@ _backbones.register_all()
 __all__ = [
     "Backbone",
     "ClassifierModule",
+    "Error",
     "ExportError",
     "FeatureVectorModule",
     "HeadDropout",
@@ -47,4 +49,5 @@ __all__ = [
     "load_backbone",
     "read_labels",
     "save",
+    "UnsafeOpsError",
 ]

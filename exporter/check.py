@@ -54,7 +54,11 @@ def main(argv: list[str]) -> int:
     except conformance.UnreadableError as error:
         print(f"error: {error}", file=sys.stderr)
         return USAGE_ERROR
-    print(report.to_json() if _JSON.value else report.to_text())
+    print(
+        report.to_json()
+        if _JSON.value
+        else console.as_flags(report.to_text(), ("allow_unsafe_ops",))
+    )
     return 0 if report.ok else NOT_CONFORMING
 
 

@@ -41,6 +41,8 @@ SERVING_SIZE = flags.DEFINE_integer(
 COMPUTE_DTYPE = flags.DEFINE_enum(
     "compute_dtype", "float32", list(precision.COMPUTE_DTYPES), f"{precision.HELP}."
 )
+# The Python arguments that library messages may name, which both export CLIs have as flags.
+_FLAG_NAMES = ("out", "weights", "overwrite", "compute_dtype")
 LIST_BACKBONES = flags.DEFINE_bool(
     "list_backbones", False, "Print every registered backbone with its facts, then exit."
 )
@@ -73,7 +75,7 @@ def run(export: Callable[[], Path]) -> None:
         _stop_unwinding()
         _exit_now()
     except ExportError as error:
-        sys.exit(f"error: {error}")
+        sys.exit(f"error: {console.as_flags(str(error), _FLAG_NAMES)}")
     except BaseException:
         if not _interrupted:
             raise
@@ -104,8 +106,8 @@ def _exit_now() -> None:
     """End the process with status 0 without tearing the interpreter down.
 
     The export is written, moved into place and reported. A normal exit would then spend
-    1.5 to 2 s (a third of a MobileNetV2 export's saving) freeing TensorFlow's graphs and
-    Keras' layers one object at a time, to no one's benefit. Output is flushed first.
+    seconds freeing TensorFlow's graphs and Keras' layers one object at a time, to no one's
+    benefit (``BUILD_NOTES.md``, "CLI and console output"). Output is flushed first.
     """
     logging.shutdown()
     sys.stdout.flush()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 
 from absl import logging as absl_logging
@@ -70,3 +71,27 @@ def quiet_python_logs() -> None:
     logging.getLogger("exporter").setLevel(logging.INFO)
     if not verbose():
         absl_logging.set_verbosity(absl_logging.WARNING)
+
+
+# The library names Python arguments; a command line user types flags. A library message
+# writes a switch as `name=True` and a value as `name="value"` or `name=VALUE`, after a space,
+# a parenthesis or the start: never inside a path (`/tmp/out=3`).
+_BEFORE = r"(?:(?<=[\s(])|^)"
+
+
+def as_flags(message: str, names: tuple[str, ...]) -> str:
+    """``message`` with the Python arguments ``names`` written as a CLI's flags.
+
+    Only the arguments the CLI has as flags are translated: text from a model (a
+    third-party hparam called ``weights``, say) in another CLI's report stays as it is.
+
+    Example:
+        >>> as_flags('Use weights="none", or pass overwrite=True.', ("weights", "overwrite"))
+        'Use --weights=none, or pass --overwrite.'
+    """
+    for name in names:
+        name = re.escape(name)
+        message = re.sub(rf"{_BEFORE}{name}=True\b", f"--{name}", message)
+        message = re.sub(rf'{_BEFORE}{name}="([^"]*)"', rf"--{name}=\1", message)
+        message = re.sub(rf"{_BEFORE}{name}=(?=\S)", f"--{name}=", message)
+    return message

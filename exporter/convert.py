@@ -3,11 +3,14 @@
 Usage:
     python -m exporter.convert EXPORT --to=litert|onnx --out=FILE
         [--quantize=none|float16|dynamic_int8] [--size=H[,W]] [--overwrite]
+        [--allow_unsafe_ops]
 
 Converts serving_default, runs the result in ai_edge_litert or onnxruntime at two sizes and
 batch sizes 1 and 3 against the SavedModel, prints the measured parity, and writes FILE and
 FILE.json (admissible sizes, preprocessing, labels, the export's fingerprint) only if it is
-within the mode's tolerance. Needs: pip install 'exporter[convert]'.
+within the mode's tolerance. The graph is scanned for ops that touch files, processes, the
+network or Python before anything is loaded; such a model is refused unless
+--allow_unsafe_ops is given. Needs: pip install 'exporter[convert]'.
 """
 
 import logging as std_logging
@@ -16,7 +19,7 @@ import sys
 from absl import app, flags, logging
 
 from exporter import console
-from exporter.errors import ExportError
+from exporter.errors import Error
 from exporter.use import convert
 
 _TO = flags.DEFINE_enum("to", None, list(convert.RUNTIMES), "The target runtime.")
@@ -32,6 +35,14 @@ _SIZE = flags.DEFINE_string(
     "export's own (dynamic height and width, or its one size).",
 )  # fmt: skip
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace FILE and FILE.json if they exist.")
+_ALLOW_UNSAFE_OPS = flags.DEFINE_bool(
+    "allow_unsafe_ops", False, "Load and run the model even if its graph has ops that touch "
+    "files, processes, the network or Python.",
+)  # fmt: skip
+
+
+# The Python arguments of convert() that its messages may name: flags of the same name here.
+_FLAG_NAMES = ("out", "overwrite", "allow_unsafe_ops", "size", "quantize", "to")
 
 
 def main(argv: list[str]) -> None:
@@ -48,9 +59,10 @@ def main(argv: list[str]) -> None:
             quantize=_QUANTIZE.value,
             size=_SIZE.value,
             overwrite=_OVERWRITE.value,
+            allow_unsafe_ops=_ALLOW_UNSAFE_OPS.value,
         )
-    except ExportError as error:
-        sys.exit(f"error: {error}")
+    except Error as error:
+        sys.exit(f"error: {console.as_flags(str(error), _FLAG_NAMES)}")
     print(result.summary())
     print(f"warning: {result.warning}")
     logging.info("converted to %s", result.path)

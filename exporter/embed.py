@@ -16,6 +16,8 @@ import sys
 
 from absl import app, flags, logging
 
+from exporter import console
+
 try:
     from exporter.use.embed import DEFAULT_RUNNER, FORMATS, EmbedError, pipeline, run
 except ImportError as error:
@@ -101,7 +103,7 @@ def main(argv: list[str]) -> int:
             allow_unsafe_ops=_ALLOW_UNSAFE_OPS.value,
         )
     except EmbedError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {console.as_flags(str(error), (_ALLOW_UNSAFE_OPS.name,))}", file=sys.stderr)
         return USAGE_ERROR
     except Exception as error:  # The pipeline itself failed: Beam has logged the details.
         logging.exception("pipeline failed")

@@ -1,7 +1,7 @@
 """The image API contract as data: what goes in, and how bad input is refused.
 
 Shared by the module that is exported and, later, by the conformance checker. See
-``SPEC.md`` ("Images in") for the contract itself.
+``docs/contract.md`` ("Images in") for the contract itself.
 """
 
 from __future__ import annotations
@@ -9,6 +9,8 @@ from __future__ import annotations
 import re
 
 import tensorflow as tf
+
+from exporter.errors import Error
 
 CHANNELS = 3
 IMAGE_DTYPE = tf.float32
@@ -19,15 +21,18 @@ SAVED_MODEL_FILE = "saved_model.pb"
 # The model card and its metadata (in assets.extra/, copied by TensorFlow but never loaded)
 # and a classifier's labels asset: written by the making side, read by the checker and users.
 METADATA_FILE = "assets.extra/metadata.json"
+METADATA_FORMAT = "exporter-metadata/1"  # Its "format": what tells our exports apart.
 CARD_FILE = "assets.extra/model_card.md"
 LABELS_ASSET = "assets/labels.txt"
 # "Publishing layout": names that a .tar.gz for model hubs can carry.
 VALID_NAME = re.compile(r"^[A-Za-z0-9_]")
+# The sizes to try on a SavedModel that documents no size range (and traces none).
+DEFAULT_SIZES = (224, 192)
 FEATURE_VECTOR_OUTPUT = "feature_vector"
 CLASSIFICATION_OUTPUT = "logits"
 
 
-class InvalidImagesError(ValueError):
+class InvalidImagesError(Error, ValueError):
     """Images that do not keep the input contract."""
 
 
@@ -97,14 +102,17 @@ def size_requirement(min_size: int, fixed_size: int | None) -> str:
 
 
 def probe_sizes(min_size: int, native_size: int, fixed_size: bool) -> tuple[int, ...]:
-    """Two cheap sizes inside the admissible range (one, for a fixed-size model).
+    """Two cheap, distinct sizes inside the admissible range (one, for a fixed-size model).
 
     Any two sizes in range prove that the output width does not depend on the size; small
-    ones keep checks of large backbones (EfficientNetB7 is native at 600) quick.
+    ones keep checks of large backbones (EfficientNetB7 is native at 600) quick. A model
+    whose native size is its minimum still gets a second, larger size: one that claims
+    dynamic sizes but works at one size only must be caught.
     """
     if fixed_size:
         return (native_size,)
-    return min(native_size, 2 * min_size), min_size
+    larger = min(native_size, 2 * min_size)
+    return (larger if larger > min_size else 2 * max(min_size, 1)), min_size
 
 
 def _check_sizes(images: tf.Tensor, *, min_size: int, fixed_size: int | None):
@@ -128,7 +136,8 @@ def _check_sizes(images: tf.Tensor, *, min_size: int, fixed_size: int | None):
     return [check]
 
 
-# Serving signatures (SPEC.md, "signatures"): --serving_inputs value -> (signature, input name).
+# Serving signatures (docs/contract.md, "The loaded object"):
+# --serving_inputs value -> (signature, input name).
 # They never take `training`, and each has the same one output as serving_default.
 SERVING_SIGNATURES = {
     "float32": ("serving_default", "images"),

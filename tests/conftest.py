@@ -129,7 +129,7 @@ def weights_file(workdir):
 
 
 def calibrate_batch_norm(model, images: np.ndarray, gamma: tuple | None = None) -> None:
-    """Set every batch norm's moving statistics to those of ``images`` (SPEC.md's trap).
+    """Set every batch norm's moving statistics to those of ``images`` (docs/contract.md, traps).
 
     Fresh random weights make deep backbones' features vanish (MobileNetV2 about 1e-11), so
     a parity check with an absolute tolerance would pass whatever the code does. One

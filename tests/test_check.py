@@ -165,7 +165,6 @@ CATALOGUE = {
     "trainable_flags": "trainable_flags",
     "regularization_losses": "regularization_losses",
     "serving_default": "serving_default",
-    "serving_default_missing": "serving_default",
     "labels": "labels",
     "training_call": "training_call",
 }
@@ -174,7 +173,8 @@ CATALOGUE = {
 def test_the_good_variant_passes(tmp_path):
     report = conformance.check(_broken("nothing", tmp_path / "model"))
     assert report.failed() == [], report.to_text()
-    assert [r.rule for r in report.results if r.status == "warn"] == ["metadata"]
+    # Its einsum takes the raw pixels: input_range (issue 21) warns, as on any such model.
+    assert [r.rule for r in report.results if r.status == "warn"] == ["input_range", "metadata"]
 
 
 @pytest.mark.parametrize("broken", ["nothing", "trainable_flags"])
@@ -440,3 +440,207 @@ def test_unreadable_input_exits_two_with_one_line(tmp_path, kind):
 def test_usage_errors_exit_two():
     assert run_cli("check").returncode == 2
     assert run_cli("check", "--task=segmentation", "x").returncode == 2
+
+
+# -- what the API lets a publisher omit, and sizes -----------------------------------------
+
+
+class _ThirdParty(_Model):
+    """A reusable SavedModel as hub's own tests write one: no signatures, no empty lists."""
+
+    def __init__(self, with_variable_lists: bool = True, body=None):
+        super().__init__()
+        self.kernel = tf.Variable(np.random.default_rng(0).normal(size=(3, 8)).astype("float32"))
+        self.body = body
+        if with_variable_lists:
+            self.variables = [self.kernel]
+            self.trainable_variables = [self.kernel]
+
+    @tf.function(autograph=False)
+    def __call__(self, images, training=False):
+        features = tf.einsum("bhwc,cd->bhwd", images * 2.0 - 1.0, self.kernel)
+        if self.body is not None:
+            features = tf.concat([features, self.body(images, training=training)], -1)
+        return tf.reduce_mean(features, [1, 2])
+
+
+def _save_third_party(model: tf.Module, path: Path, signatures=None) -> Path:
+    for training in (False, True):
+        model.__call__.get_concrete_function(GOOD_SPEC, training=training)
+    tf.saved_model.save(model, str(path), signatures=signatures)
+    return path
+
+
+def test_omitted_empty_lists_and_signatures_are_warnings_only(tmp_path):
+    """The Reusable SavedModel API lets ``regularization_losses`` be omitted when empty, and
+    asks for no signature: such a model passes, its missing serving_default a warning."""
+    report = conformance.check(_save_third_party(_ThirdParty(), tmp_path / "model"))
+    assert report.ok, report.to_text()
+    results = {r.rule: r for r in report.results}
+    assert results["regularization_losses"].status == "pass"
+    assert "omitted as empty" in results["regularization_losses"].message
+    assert results["serving_default"].status == "warn"
+    assert {r.rule for r in report.results if r.status == "warn"} == {"serving_default", "metadata"}
+
+
+def test_variable_lists_may_be_omitted_only_when_nothing_would_be_in_them(tmp_path):
+    class _Stateless(tf.Module):
+        @tf.function(autograph=False)
+        def __call__(self, images, training=False):
+            return tf.reduce_mean(images * 2.0 - 1.0, [1, 2])
+
+    stateless = _save_third_party(_Stateless(), tmp_path / "stateless")
+    results = {r.rule: r for r in conformance.check(stateless).results}
+    assert results["variables"].status == "pass", results["variables"]
+    assert "no `variables` (omitted as empty" in results["variables"].message
+    hidden = _save_third_party(_ThirdParty(with_variable_lists=False), tmp_path / "hidden")
+    results = {r.rule: r for r in conformance.check(hidden).results}
+    assert results["variables"].status == "fail"
+    assert "no `variables` attribute, but __call__ uses 1" in results["variables"].message
+
+
+def test_regularization_losses_held_below_the_root_must_be_listed(tmp_path):
+    import tf_keras
+
+    body = tf_keras.Sequential(
+        [tf_keras.Input((None, None, 3)),
+         tf_keras.layers.Conv2D(4, 1, kernel_regularizer=tf_keras.regularizers.L2(1e-3))]
+    )  # fmt: skip
+    model = _ThirdParty(body=body)
+    model.variables = [model.kernel, *body.variables]
+    model.trainable_variables = [model.kernel, *body.trainable_variables]
+    report = conformance.check(_save_third_party(model, tmp_path / "model"))
+    result = {r.rule: r for r in report.results}["regularization_losses"]
+    assert result.status == "fail" and "regularization loss function" in result.message, result
+
+
+def test_a_missing_serving_default_warns_on_theirs_and_fails_ours(tmp_path):
+    """Issue 21: the reusable API asks for no signature, so a third-party model without one
+    (the catalogue's variant) only warns; our exports (strict) must have it."""
+    path = _broken("serving_default_missing", tmp_path / "model")
+    results = {r.rule: r for r in conformance.check(path).results}
+    assert results["serving_default"].status == "warn", results["serving_default"]
+    strict = {r.rule: r for r in conformance.check(path, strict_metadata=True).results}
+    assert strict["serving_default"].status == "fail", strict["serving_default"]
+
+
+class _OneSizeOnly(_Model):
+    """Works at 32x32 only (a flatten into a dense kernel), whatever it claims."""
+
+    def __init__(self):
+        super().__init__()
+        self.kernel = tf.Variable(tf.random.stateless_normal([32 * 32 * 3, 4], seed=[1, 2]))
+
+    @tf.function(autograph=False)
+    def __call__(self, images, training=False):
+        flat = tf.reshape(images * 2.0 - 1.0, [tf.shape(images)[0], 32 * 32 * 3])
+        return flat @ self.kernel
+
+
+def test_a_model_claiming_dynamic_sizes_is_tried_at_a_second_size(tmp_path):
+    """Its metadata says min_size = native_size = 32 and not fixed: the check must not try
+    32 twice (spec.probe_sizes once did) but a second, larger size, where it fails. The
+    same model documented as fixed-size at 32 passes every rule that calls it."""
+    assert exporter.spec.probe_sizes(32, 32, False) == (64, 32)
+    model = _OneSizeOnly()
+    model.variables, model.trainable_variables = [model.kernel], [model.kernel]
+    path = _save_third_party(model, tmp_path / "model", signatures={})
+    (path / "assets.extra").mkdir()
+    reports = {}
+    for fixed in (False, True):
+        size = {"min_size": 32, "native_size": 32, "fixed_size": fixed}
+        facts = {"task": "image_feature_vector", "input": size}
+        (path / exporter.spec.METADATA_FILE).write_text(json.dumps(facts))
+        reports[fixed] = conformance.check(path)
+    claims_dynamic = {r.rule: r for r in reports[False].results}
+    assert claims_dynamic["output_dtype"].status == "fail", reports[False].to_text()
+    assert "InvalidArgumentError" in claims_dynamic["output_dtype"].message
+    # Only its hand-written metadata (no card, no num_features) fails then.
+    assert reports[True].failed() == ["metadata"], reports[True].to_text()
+
+
+# -- input_range: a model that may expect pre-normalized pixels ----------------------------
+
+
+def _input_range(path: Path):
+    return {r.rule: r for r in conformance.check(path).results}["input_range"]
+
+
+@pytest.mark.parametrize("first", ["conv", "rescaling", "normalization"])
+def test_input_range_on_a_tf_keras_saved_model(tmp_path, first):
+    """A tf-keras model.save(save_format="tf") whose first layer is a convolution on the raw
+    input warns (as Model Garden's TF Hub exports would: they take mean/std-normalized
+    pixels); one that rescales or normalizes first does not."""
+    import tf_keras
+
+    layers = {
+        "conv": [],
+        "rescaling": [tf_keras.layers.Rescaling(2.0, offset=-1.0)],
+        "normalization": [tf_keras.layers.Normalization(mean=0.5, variance=0.25)],
+    }[first]
+    model = tf_keras.Sequential(
+        [tf_keras.Input((None, None, 3)), *layers, tf_keras.layers.Conv2D(4, 3),
+         tf_keras.layers.GlobalAveragePooling2D()]
+    )  # fmt: skip
+    model.save(tmp_path / "model", save_format="tf")
+    result = _input_range(tmp_path / "model")
+    if first == "conv":
+        assert result.status == "warn", result
+        assert "before the first Conv2D" in result.message and "pre-normalized" in result.message
+    else:
+        assert result.status == "pass", result
+
+
+def test_input_range_follows_the_images_through_functions_and_asserts(tmp_path):
+    from exporter.checking import input_range
+
+    class _Checked(tf.Module):
+        def __init__(self, rescale: bool):
+            super().__init__()
+            self.kernel = tf.Variable(tf.ones([3, 3, 3, 4]))
+            self.rescale = rescale
+
+        @tf.function(input_signature=[GOOD_SPEC])
+        def __call__(self, images):
+            check = tf.debugging.assert_greater_equal(tf.shape(images)[1:3], 3)
+            with tf.control_dependencies([check]):
+                images = tf.identity(images[..., ::-1])  # BGR: moves pixels, scales none.
+            return self._features(images * 255.0 - 120.0 if self.rescale else images)
+
+        @tf.function
+        def _features(self, images):
+            return tf.reduce_mean(tf.nn.conv2d(images, self.kernel, 1, "SAME"), [1, 2])
+
+    for rescale in (False, True):
+        path = tmp_path / f"model-{rescale}"
+        tf.saved_model.save(_Checked(rescale), str(path))
+        verdict = input_range.first_layer_input(conformance.read_saved_model(path))
+        assert verdict.rescaled is rescale, verdict
+        assert verdict.first_layer_op == (None if rescale else "Conv2D")
+
+
+def test_input_range_passes_a_keras_hub_backbone_export(tmp_path):
+    import keras_hub
+
+    keras.utils.set_random_seed(0)
+    resnet = keras_hub.models.ResNetBackbone(
+        input_conv_filters=[64], input_conv_kernel_sizes=[3], stackwise_num_filters=[64],
+        stackwise_num_blocks=[1], stackwise_num_strides=[1], block_type="basic_block",
+        image_shape=(None, None, 3),
+    )  # fmt: skip
+    module = exporter.FeatureVectorModule(resnet, preprocessing="torch")
+    result = _input_range(exporter.save(module, tmp_path / "model"))
+    assert result.status == "pass" and result.message.startswith("rescaled"), result
+
+
+def test_input_range_passes_our_identity_export_by_its_declaration(tmp_path):
+    """preprocessing="identity" declares that the backbone takes [0, 1] as is."""
+    body = keras.Sequential(
+        [keras.Input((None, None, 3)), keras.layers.Conv2D(4, 3),
+         keras.layers.GlobalAveragePooling2D()]
+    )  # fmt: skip
+    path = exporter.save(
+        exporter.FeatureVectorModule(body, preprocessing="identity"), tmp_path / "m"
+    )
+    result = _input_range(path)
+    assert result.status == "pass" and "as the metadata declares" in result.message, result

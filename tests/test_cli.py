@@ -160,3 +160,41 @@ def test_classification_cli_refuses_headless_weights_for_own_classifier(tmp_path
     last = done.stderr.strip().splitlines()[-1]
     assert "does not fit mobilenet_v2" in last and "include_top=True" in last
     assert tree_state(tmp_path) == before
+
+
+def test_library_errors_name_python_arguments_and_the_cli_names_flags(tmp_path):
+    """A Python user is told ``overwrite=True`` and ``weights="none"``, never a flag; the CLI
+    translates the same message into its flags (its cases above check the CLI side)."""
+    import exporter
+
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    (existing / "notes.txt").write_text("mine")
+    module = exporter.build_feature_vector("mobilenet_v2", weights=None)
+    with pytest.raises(exporter.ExportError, match="pass overwrite=True to replace it") as raised:
+        exporter.save(module, existing)
+    assert "--" not in str(raised.value)
+    message = (
+        "Could not fetch the ImageNet weights of resnet50 (offline). Nothing was written. Use "
+        'weights="none" for random initialization, or weights=PATH for a .weights.h5 file; '
+        "pass overwrite=True, or allow_unsafe_ops=True. Expected out=/tmp/x inside a directory."
+    )
+    names = ("out", "weights", "overwrite", "allow_unsafe_ops")
+    assert console.as_flags(message, names) == (
+        "Could not fetch the ImageNet weights of resnet50 (offline). Nothing was written. Use "
+        "--weights=none for random initialization, or --weights=PATH for a .weights.h5 file; "
+        "pass --overwrite, or --allow_unsafe_ops. Expected --out=/tmp/x inside a directory."
+    )
+    # Never inside a path, and only the names a CLI has as flags.
+    kept = "Expected out=/data/out=3/x; hparams weights=0.5"
+    assert console.as_flags(kept, ("out",)) == "Expected --out=/data/out=3/x; hparams weights=0.5"
+
+
+def test_offline_imagenet_in_python_names_the_argument(tmp_path, monkeypatch):
+    import exporter
+
+    for name, value in NO_NETWORK.items():
+        monkeypatch.setenv(name, value.format(tmp=tmp_path))
+    with pytest.raises(exporter.ExportError, match='Use weights="none" for random') as raised:
+        exporter.build_feature_vector("mobilenet_v2", weights="imagenet")
+    assert "--weights" not in str(raised.value)

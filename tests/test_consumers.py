@@ -1,4 +1,4 @@
-"""The real consumers of SPEC.md load our exports: tf-keras + hub, Keras 3, TF1, LiteRT."""
+"""The contract's real consumers load our exports: tf-keras + hub, Keras 3, TF1, LiteRT."""
 
 import numpy as np
 import pytest

@@ -242,7 +242,7 @@ def test_training_pass_runs_fused_batch_norm_and_equals_keras(tmp_path):
     with pytest.warns(UserWarning, match="batch_norm_momentum"):  # Two momenta: no hparam.
         module = exporter.FeatureVectorModule(backbone, preprocessing="identity")
     # The 2-D one qualifies by its layer, and is left to Keras by its input's rank.
-    assert [n.name for n in module._fused.norms] == [
+    assert [n.name for n in module._held.rewrites.fused_norms] == [
         "fused_full", "fused_no_scale", "fused_no_center", "keras_2d",
     ]  # fmt: skip
     obj = tf.saved_model.load(str(exporter.save(module, tmp_path / "export")))

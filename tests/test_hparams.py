@@ -136,7 +136,7 @@ def test_own_heads_keep_their_dropout_or_get_the_default():
     assert efficientnet.hparams["dropout_rate"] == 0.2
     resnet = exporter.build_classifier("resnet50", weights=None)
     assert resnet.hparams == {"dropout_rate": 0.2, "batch_norm_momentum": 0.99}
-    layers = [type(layer).__name__ for layer in resnet._keras.head.layers]
+    layers = [type(layer).__name__ for layer in resnet._held.head.layers]
     assert layers == ["HeadDropout", "Dense"]
 
 

@@ -1,5 +1,7 @@
 """Weight decay, user regularizers, and tf-keras (Keras 2) models through the Python API."""
 
+import json
+
 import keras
 import numpy as np
 import pytest
@@ -19,7 +21,7 @@ def test_weight_decay_equals_the_l2_penalty_by_hand(tmp_path):
                                        weight_decay=1e-3)  # fmt: skip
     obj = tf.saved_model.load(str(exporter.save(module, tmp_path / "model")))
     kernels = [
-        w for layer in (module.keras_backbone, module._keras.head)
+        w for layer in (module.keras_backbone, module._held.head)
         for w in layer.trainable_weights if w.name in KERNELS
     ]  # fmt: skip
     penalties = [float(loss()) for loss in obj.regularization_losses]
@@ -107,3 +109,55 @@ def test_tf_keras_batch_norm_momentum_is_an_hparam(tmp_path):
         obj(images, training=True, batch_norm_momentum=momentum)
         moved[momentum] = np.sum(np.abs(mean.numpy() - before))
     np.testing.assert_allclose(moved[0.9] / moved[0.99], 10.0, rtol=1e-3)
+
+
+def _vit_body(image_size: int = 32):
+    """A keras-hub ViT's CLS token as features: a body that only works at ``image_size``."""
+    import keras_hub
+
+    keras.utils.set_random_seed(3)
+    vit = keras_hub.models.ViTBackbone(
+        image_shape=(image_size, image_size, 3), patch_size=8, num_layers=1, num_heads=2,
+        hidden_dim=16, mlp_dim=32,
+    )  # fmt: skip
+    return keras.Model(vit.inputs, vit.output[:, 0])
+
+
+def test_a_body_with_a_static_input_size_exports_as_fixed_size(tmp_path):
+    """Its learned position embedding fits one size: the export says so and refuses others
+    with our message, instead of claiming any size of at least 32 and failing in the graph."""
+    body = _vit_body(32)
+    module = exporter.FeatureVectorModule(body, preprocessing="identity", min_size=32)
+    assert module.fixed_size == 32 and module.native_size == 32
+    path = exporter.save(module, tmp_path / "model")
+    facts = json.loads((path / exporter.spec.METADATA_FILE).read_text())
+    assert facts["input"]["fixed_size"] is True and facts["input"]["native_size"] == 32
+    obj = tf.saved_model.load(str(path))
+    images = random_images(2, 32)
+    np.testing.assert_allclose(obj(images), body(images), rtol=1e-5, atol=1e-6)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="exactly 32 pixels"):
+        obj(random_images(1, 64))
+    with pytest.raises(ValueError, match="fixed_size to match the backbone's input size 32"):
+        exporter.FeatureVectorModule(body, preprocessing="identity", fixed_size=64)
+
+
+class FirstSizeOnly(keras.Model):
+    """A subclassed body (no declared input) whose dense kernel fits 32x32 images only."""
+
+    def __init__(self):
+        super().__init__()
+        self.dense = keras.layers.Dense(4)
+
+    def call(self, images):
+        return self.dense(keras.ops.reshape(images, (-1, 32 * 32 * 3)))
+
+
+def test_an_export_that_fails_at_a_second_size_fails_its_verification(tmp_path):
+    body = FirstSizeOnly()
+    body(tf.zeros([1, 32, 32, 3]))
+    module = exporter.FeatureVectorModule(
+        body, preprocessing="identity", min_size=32, native_size=32
+    )
+    with pytest.raises(exporter.ExportError, match="failed verification"):
+        exporter.save(module, tmp_path / "model")
+    assert not (tmp_path / "model").exists()

@@ -95,3 +95,141 @@ def test_the_check_sees_every_form_of_import(tmp_path):
         "exporter/making/c.py:2",
         "exporter/making/d.py:1",
     ]
+
+
+# -- one way into a SavedModel -------------------------------------------------------------
+
+# Ways to load a SavedModel, as dotted names ending an attribute chain or an import.
+LOADERS = (
+    "saved_model.load", "saved_model.loader.load", "saved_model.load_v2", "hub.load",
+    "hub.KerasLayer", "TFSMLayer", "from_saved_model",  # These load it by themselves.
+)  # fmt: skip
+THE_WAY_IN = "exporter/checking/savedmodel.py:load"
+
+
+def _dotted(node: ast.AST) -> str:
+    parts = []
+    while isinstance(node, ast.Attribute):
+        parts.append(node.attr)
+        node = node.value
+    if isinstance(node, ast.Name):
+        parts.append(node.id)
+    return ".".join(reversed(parts))
+
+
+def _loads(node: ast.AST) -> bool:
+    if isinstance(node, ast.Attribute):
+        return _dotted(node).endswith(LOADERS)
+    if isinstance(node, ast.ImportFrom):
+        return any(f"{node.module}.{alias.name}".endswith(LOADERS) for alias in node.names)
+    return False
+
+
+def loader_uses(files: list[Path], root: Path = PACKAGE.parent) -> list[str]:
+    """``path:function`` for every reference to a SavedModel loader, called or not.
+
+    ``function`` is the innermost function around it, or ``<module>``.
+    """
+    found = set()
+
+    def visit(node: ast.AST, path: Path, owner: str) -> None:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            owner = node.name
+        if _loads(node):
+            found.add(f"{path.relative_to(root)}:{owner}")
+        for child in ast.iter_child_nodes(node):
+            visit(child, path, owner)
+
+    for path in files:
+        visit(ast.parse(path.read_text(encoding="utf-8"), str(path)), path, "<module>")
+    return sorted(found)
+
+
+def test_every_saved_model_load_is_the_one_way_in():
+    """Every load is scanned first: only ``checking/savedmodel.load`` calls the loader."""
+    uses = loader_uses(sorted(PACKAGE.rglob("*.py")))
+    assert uses == [THE_WAY_IN], (
+        "open SavedModels with exporter.checking.savedmodel.load (it scans first); found "
+        f"loaders at: {uses}"
+    )
+
+
+def test_the_loader_check_sees_every_form(tmp_path):
+    package = tmp_path / "exporter"
+    package.mkdir()
+    sources = {
+        "a.py": "import tensorflow as tf\ndef f(p):\n    return tf.saved_model.load(p)\n",
+        "b.py": "from tensorflow.saved_model import load\n",
+        "c.py": "import tensorflow_hub as hub\nLOAD = hub.load\n",
+        "d.py": "import tensorflow as tf\ndef g(p):\n    tf.compat.v1.saved_model.loader.load(p)\n",
+        "e.py": "import tensorflow as tf\ndef h(p):\n    return tf.saved_model.save(p)\n",
+        "f.py": "def k(p):\n    return tf.lite.TFLiteConverter.from_saved_model(p)\n",
+    }
+    for name, text in sources.items():
+        (package / name).write_text(text)
+    assert loader_uses(sorted(package.glob("*.py")), root=tmp_path) == [
+        "exporter/a.py:f",
+        "exporter/b.py:<module>",
+        "exporter/c.py:<module>",
+        "exporter/d.py:g",
+        "exporter/f.py:k",
+    ]
+
+
+# -- functions short enough to read at once --------------------------------------------------
+
+MAX_FUNCTION_LINES = 60
+REASON = "# Long:"
+
+
+def long_functions(files: list[Path], root: Path = PACKAGE.parent) -> list[str]:
+    """``path:line name (N lines)`` for each function over the limit with no reason above it.
+
+    The reason is a comment starting with ``# Long:`` on the line before the ``def`` (or its
+    first decorator).
+    """
+    found = []
+    for path in files:
+        lines = path.read_text(encoding="utf-8").splitlines()
+        for node in ast.walk(ast.parse("\n".join(lines), str(path))):
+            if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            length = node.end_lineno - node.lineno + 1
+            first = min([node.lineno, *(d.lineno for d in node.decorator_list)])
+            reason = first >= 2 and lines[first - 2].strip().startswith(REASON)
+            if length > MAX_FUNCTION_LINES and not reason:
+                found.append(f"{path.relative_to(root)}:{node.lineno} {node.name} ({length} lines)")
+    return found
+
+
+def test_no_long_function_without_a_reason():
+    long = long_functions(sorted(PACKAGE.rglob("*.py")))
+    assert not long, f"split these, or say why beside them ({REASON} ...):\n" + "\n".join(long)
+
+
+def test_the_length_check_sees_a_long_function(tmp_path):
+    package = tmp_path / "exporter"
+    package.mkdir()
+    body = "".join(f"    x{i} = {i}\n" for i in range(MAX_FUNCTION_LINES))
+    (package / "a.py").write_text(f"def long():\n{body}\n\n# Long: a table.\ndef kept():\n{body}")
+    assert long_functions([package / "a.py"], root=tmp_path) == [
+        f"exporter/a.py:1 long ({MAX_FUNCTION_LINES + 1} lines)"
+    ]
+
+
+def test_metadata_is_read_in_one_place():
+    """``metadata.json`` is read by ``checking/savedmodel.metadata`` alone (card writes it)."""
+    readers = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and _dotted(node).endswith("spec.METADATA_FILE"):
+                readers.append(str(path.relative_to(PACKAGE.parent)))
+    # conformance names the file in its report; card.py writes it.
+    assert sorted(set(readers)) == [
+        "exporter/checking/conformance.py",
+        "exporter/checking/savedmodel.py",
+        "exporter/making/card.py",
+    ], readers
+    conformance = (PACKAGE / "checking" / "conformance.py").read_text(encoding="utf-8")
+    assert "json.loads" not in conformance and "read_regular(self.path" not in conformance

@@ -86,3 +86,15 @@ def test_cli_refuses_an_unknown_compute_dtype(tmp_path):
     assert done.returncode != 0
     assert "--compute_dtype=int8: value should be one of <float32|bfloat16|float16>" in done.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_a_mixed_classifier_exports_and_tunes_its_dropout(export, dtype):
+    """The dropout_rate override is a float32 scalar; the head computes in ``dtype``.
+    Calibrated weights: fresh ones' vanishing features underflow float16 (the export then
+    fails its deviation bound, rightly)."""
+    path = export("classification", "mobilenet_v2", "calibrated", num_classes=3,
+                  compute_dtype=dtype)  # fmt: skip
+    obj = tf.saved_model.load(str(path))
+    logits = obj(tf.constant(random_images(2, 32)), training=True, dropout_rate=0.5)
+    assert logits.dtype == tf.float32 and logits.shape == (2, 3)

@@ -74,3 +74,25 @@ def test_quick_start_first_command_in_a_fresh_venv(tmp_path):
     assert installed.startswith(purelib), installed
     obj = tf.saved_model.load(str(repo / "exports" / "mobilenet_v2"))
     assert obj(tf.zeros([1, 224, 224, 3])).shape == (1, 1280)
+
+
+def test_docs_list_the_rules_as_declared():
+    from exporter.checking import conformance
+
+    assert conformance.rules_table() in (REPO / "docs" / "checking.md").read_text()
+
+
+def test_performance_page_quotes_the_results_file_it_cites():
+    """docs/performance.md is the cited run's own tables, not figures typed in by hand."""
+    page = (REPO / "docs" / "performance.md").read_text()
+    cited = re.findall(r"benchmarks/results/(compare-\w+)\.md", page)
+    assert cited, "docs/performance.md cites no results file"
+    for stem in set(cited):
+        rows = [
+            line
+            for line in (REPO / "benchmarks" / "results" / f"{stem}.md").read_text().splitlines()
+            if line.startswith("|")
+        ]
+        assert rows
+        missing = [row for row in rows if row not in page]
+        assert not missing, f"{len(missing)} rows of {stem}.md differ, first: {missing[0]}"

@@ -161,10 +161,10 @@ def test_traced_inference_reuses_the_saved_trace():
     traces = saved.experimental_get_tracing_count()
     images = tf.constant(random_images(3, 20))
     np.testing.assert_allclose(module.traced_inference(images), module(images), rtol=1e-6)
-    local = module._local.call.experimental_get_tracing_count()  # Python calls' own traces.
+    local = module._held.local_call.experimental_get_tracing_count()  # Python calls' own traces.
     module.traced_inference(tf.constant(random_images(1, 24)))
     assert saved.experimental_get_tracing_count() == traces == 2
-    assert module._local.call.experimental_get_tracing_count() == local
+    assert module._held.local_call.experimental_get_tracing_count() == local
 
 
 def test_the_saver_reuses_the_export_traces(tmp_path, monkeypatch):
@@ -184,4 +184,4 @@ def test_the_saver_reuses_the_export_traces(tmp_path, monkeypatch):
     assert module.serve.experimental_get_tracing_count() == 1
     library = conformance.read_saved_model(tmp_path / "out").meta_graphs[0]
     saved = {f.signature.name for f in library.graph_def.library.function}
-    assert {f.name.decode() for f in module._traces.functions.values()} <= saved
+    assert {f.name.decode() for f in module._held.traces.values()} <= saved

@@ -40,6 +40,7 @@ from conftest import calibrate_batch_norm, random_images  # noqa: E402  (this sc
 from zoo_runner import OWN_HEADS  # noqa: E402
 
 import exporter  # noqa: E402
+from exporter.checking import input_range, savedmodel  # noqa: E402
 from exporter.checking.conformance import shape_free_call  # noqa: E402
 
 tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})  # See above.
@@ -195,6 +196,10 @@ def check_feature_vector(name: str, scratch: Path) -> None:
     assert module.num_features == facts.num_features, (module.num_features, facts.num_features)
     path = exporter.save(module, scratch / "feature_vector")
     del module
+    # Our preprocessing rescales [0, 1] before the first convolution: never the checker's
+    # input_range warning (meant for models that expect pre-normalized pixels).
+    verdict = input_range.first_layer_input(savedmodel.read(path))
+    assert verdict is not None and verdict.rescaled, verdict
     obj = load(path)
 
     # The export equals Keras' own include_top=False, pooling="avg" model on the same

@@ -21,6 +21,7 @@ from tensorflow.core.framework import types_pb2
 from tensorflow.core.protobuf import tensor_bundle_pb2
 
 from exporter.checking import files
+from exporter.errors import Error
 
 INDEX = "variables/variables.index"
 # TensorFlow's limits (tensor_shape.h): dimensions of a TensorShape, elements of a tensor.
@@ -37,7 +38,7 @@ _VALID_DTYPES = frozenset(
 )
 
 
-class CheckpointError(ValueError):
+class CheckpointError(Error, ValueError):
     """A SavedModel whose files TensorFlow must not be given to read."""
 
 

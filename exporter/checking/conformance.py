@@ -1,4 +1,5 @@
-"""Check that any SavedModel keeps the reusable image API: one rule per line of SPEC.md.
+"""Check that any SavedModel keeps the reusable image API: one rule per line of the contract
+(``docs/contract.md``).
 
 Shares the contract (``exporter.spec``) with the builder but none of its code paths, so it
 judges SavedModels we did not make as strictly as our own. The graph is scanned for unsafe
@@ -8,59 +9,75 @@ ops before anything is loaded or run.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import inspect
 import json
-import weakref
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
-from google.protobuf.message import DecodeError
 from tensorflow.core.protobuf import saved_model_pb2
 
 from exporter import spec
-from exporter.checking import checkpoint_index, files, fingerprint, unsafe_ops
-
-RULES = {
-    "no_tfhub_module_pb": "There is no tfhub_module.pb (the deprecated TF1 Hub format).",
-    "file_names": "Every file and folder name starts with a letter, digit or underscore.",
-    "fingerprint": "The content fingerprint in the metadata matches saved_model.pb and every "
-    "file under variables/: nothing changed since the export.",
-    "safe_ops": "No op touches files, processes, the network or Python (scanned before loading).",
-    "loads": "tf.saved_model.load reads the directory.",
-    "callable": "The root object has a traced __call__.",
-    "training_argument": "__call__ takes `training` as a named argument.",
-    "training_traced": "`training` is traced for both values, for every combination of the "
-    "other arguments.",
-    "hparams": "Every other argument of __call__ (an hparam) is traced as a float scalar tensor "
-    "and has a Python default.",
-    "input_dtype": "The images input is float32.",
-    "input_layout": "The images input is rank 4, channels last, with 3 channels (NHWC).",
-    "input_batch": "The batch dimension of the images input is free.",
-    "output_dtype": "The output is float32.",
-    "output_shape": "The output is rank 2 and keeps the batch size.",
-    "size_independent": "The output width is the same at two input sizes inside the range.",
-    "batch_independent": "In inference, an example's output does not depend on the rest of "
-    "the batch.",
-    "deterministic": "Two inference calls on the same images give the same output.",
-    "variables": "`variables` and `trainable_variables` exist; the trainable ones are a subset.",
-    "trainable_flags": "Every variable in `trainable_variables` has trainable=True.",
-    "regularization_losses": "`regularization_losses` is a list of zero-argument callables "
-    "returning float scalars.",
-    "serving_default": "serving_default exists, takes float32 images and agrees with __call__.",
-    "serving_uint8": "serving_uint8, where exported, takes uint8 images 0..255 and agrees with "
-    "__call__ on the same pixels, with serving_default's one output name.",
-    "serving_bytes": "serving_bytes, where exported, takes encoded images as strings, makes "
-    "grayscale and RGBA ones RGB, and agrees with __call__ on the same pixels, with "
-    "serving_default's one output name.",
-    "labels": "A classifier's labels asset has one line per class.",
-    "metadata": "The model card and metadata are present and agree with the model.",
-    "training_call": "__call__(images, training=True) runs and keeps the output shape.",
-}  # fmt: skip
+from exporter.checking import files, fingerprint, input_range, numeric, savedmodel, unsafe_ops
+from exporter.checking.numeric import close, shape_free_call
 
 TASKS = ("image_feature_vector", "image_classification")
-PASS, FAIL, WARN, SKIP = "pass", "fail", "warn", "skip"
-_RTOL = 1e-4  # Batch composition and separate graphs may reassociate float sums.
+
+
+class Status(str, enum.Enum):  # noqa: UP042 - enum.StrEnum needs Python 3.11
+    """A rule's verdict. A ``str``: it compares equal to, and serializes as, its value."""
+
+    PASS = "pass"
+    FAIL = "fail"
+    WARN = "warn"
+    SKIP = "skip"
+
+    def __str__(self) -> str:
+        return self.value
+
+    __format__ = str.__format__
+
+
+PASS, FAIL, WARN, SKIP = Status.PASS, Status.FAIL, Status.WARN, Status.SKIP
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    """One rule: its name, the line of the contract it checks, and what must pass first."""
+
+    name: str
+    contract: str
+    needs: tuple[str, ...]
+    check: Callable[[_Checker], tuple[Status, str]]
+
+
+_REGISTRY: dict[str, Rule] = {}
+
+
+def rule(name: str, contract: str, needs: tuple[str, ...] = ()):
+    """Declare the method below as the rule ``name``; rules run in declaration order.
+
+    A rule whose ``needs`` failed or were skipped is skipped. ``needs`` must be declared
+    before it, so the order of declaration is an order in which every rule can run.
+    """
+
+    def register(check: Callable[[_Checker], tuple[Status, str]]):
+        if name in _REGISTRY:
+            raise ValueError(f"Rule {name!r} is declared twice.")
+        unknown = [need for need in needs if need not in _REGISTRY]
+        if unknown:
+            raise ValueError(f"Rule {name!r} needs {unknown}, which are not declared before it.")
+        _REGISTRY[name] = Rule(name, contract, tuple(needs), check)
+        return check
+
+    return register
+
+
+# What calling __call__ at all needs: later rules that call it list these.
+_CALLS = ("callable", "input_dtype", "input_layout", "input_batch")
+_RTOL = numeric.RTOL
 # A model that computes in a lower precision reassociates in that precision: float16 kernels
 # chosen per batch size differ by about 1e-3 of the scale (MobileNetV2, TF 2.21 on CPU).
 # A batch leak (such as subtracting the batch mean) still differs by order 1.
@@ -69,13 +86,12 @@ _REPEAT_RTOL = 1e-6  # The same call twice should agree almost to the bit.
 # batch_independent warns instead of failing when sharing the batch moves an output at most
 # this many times as far as moving every pixel by one part in a million does (see the rule).
 _ROUNDING_MARGIN = 10.0
-_DEFAULT_SIZES = (224, 192)  # For SavedModels that document no size range.
-_MAX_PB_BYTES = (2 << 30) - 1  # Protocol buffers cannot be larger: refuse before reading.
-_MAX_TEXT_BYTES = 64 << 20  # metadata.json and a labels file are kilobytes.
+_MAX_TEXT_BYTES = 64 << 20  # A labels file is kilobytes.
 
 
-class UnreadableError(Exception):
-    """The path is not a readable SavedModel (missing, empty, corrupt or truncated)."""
+# Where the checker opens a SavedModel: the package's one way in (re-exported for callers).
+UnreadableError = savedmodel.UnreadableError
+read_saved_model = savedmodel.read
 
 
 @dataclasses.dataclass
@@ -83,7 +99,7 @@ class Result:
     """The verdict of one rule."""
 
     rule: str
-    status: str
+    status: Status
     message: str
 
 
@@ -114,7 +130,7 @@ class Report:
         )
 
     def to_text(self) -> str:
-        width = max(len(rule) for rule in RULES)
+        width = max(len(name) for name in RULES)
         lines = [f"{self.path} (task: {self.task or 'unknown'})"]
         lines += [f"  {r.status.upper():4}  {r.rule:{width}}  {r.message}" for r in self.results]
         counts = {s: sum(r.status == s for r in self.results) for s in (PASS, FAIL, WARN, SKIP)}
@@ -125,34 +141,6 @@ class Report:
         return "\n".join(lines)
 
 
-def read_saved_model(path: Path) -> saved_model_pb2.SavedModel:
-    """Parse ``saved_model.pb`` without running anything; UnreadableError if impossible."""
-    if not path.exists():
-        raise UnreadableError(f"No such path: {path}.")
-    if not path.is_dir():
-        raise UnreadableError(f"Expected a SavedModel directory. Received a file: {path}.")
-    pb = path / spec.SAVED_MODEL_FILE
-    if not pb.exists():
-        raise UnreadableError(f"Not a SavedModel: no {spec.SAVED_MODEL_FILE} in {path}.")
-    try:
-        data = files.read_regular(pb, _MAX_PB_BYTES, "the protocol buffer limit")
-    except files.UnsafeFileError as error:
-        raise UnreadableError(f"Not a SavedModel: {error}") from None
-    except OSError as error:
-        raise UnreadableError(f"Cannot read {pb}: {error.strerror or error}.") from None
-    proto = saved_model_pb2.SavedModel()
-    try:
-        proto.ParseFromString(data)
-    except (DecodeError, RuntimeWarning, ValueError) as error:
-        raise UnreadableError(
-            f"Corrupt {pb}: expected a serialized SavedModel protocol buffer, received "
-            f"{len(data)} bytes that do not parse ({error or 'no reason given'})."
-        ) from None
-    if not proto.meta_graphs:
-        raise UnreadableError(f"Corrupt {pb}: it holds no MetaGraph.")
-    return proto
-
-
 def check(
     path: str | Path,
     *,
@@ -160,6 +148,7 @@ def check(
     allow_unsafe_ops: bool = False,
     strict_metadata: bool = False,
     loaded=None,
+    proto: saved_model_pb2.SavedModel | None = None,
 ) -> Report:
     """Run every rule on the SavedModel at ``path``.
 
@@ -170,6 +159,8 @@ def check(
         allow_unsafe_ops: Load and run the model even if the scan finds unsafe ops.
         strict_metadata: Missing card or metadata fails instead of warning (for our exports).
         loaded: The already loaded object, to skip a second load.
+        proto: The already parsed ``saved_model.pb`` (``savedmodel.read``), to skip a
+            second read.
 
     Raises:
         UnreadableError: If ``path`` is not a readable SavedModel.
@@ -179,50 +170,8 @@ def check(
         True
     """
     path = Path(path)
-    proto = read_saved_model(path)
+    proto = savedmodel.read(path) if proto is None else proto
     return _Checker(path, proto, task, allow_unsafe_ops, strict_metadata, loaded).run()
-
-
-_SHAPE_FREE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def shape_free_call(obj, training: bool | None):
-    """``obj(images, training=training)`` (no ``training`` if None) for images of any shape.
-
-    Called eagerly, a restored function is instantiated again, graph optimization and all,
-    for every new input shape: a reloaded ResNet50 took seconds per shape (BUILD_NOTES).
-    Inside one traced function whose images input is free in every dimension but the last,
-    it is instantiated once, and the rules' batches and sizes all reuse it. A model whose
-    traced input does not fit that (NCHW, a fixed batch) fails as a direct call would.
-    """
-    functions = _SHAPE_FREE.setdefault(obj, {})
-
-    def call(images: tf.Tensor) -> tf.Tensor:
-        key = (training, images.dtype, images.shape.rank, images.shape[-1])
-        if key not in functions:
-            spec_ = tf.TensorSpec([None] * (images.shape.rank - 1) + [images.shape[-1]],
-                                  images.dtype)  # fmt: skip
-
-            def inference(x):
-                return obj(x) if training is None else obj(x, training=training)
-
-            functions[key] = tf.function(inference, input_signature=[spec_], autograph=False)
-        return functions[key](images)
-
-    return call
-
-
-def close(actual, expected, rtol: float = _RTOL) -> bool:
-    """Whether ``actual`` equals ``expected`` within ``rtol`` of the expected output's scale."""
-    actual, expected = np.asarray(actual), np.asarray(expected)
-    return actual.shape == expected.shape and _gap(actual, expected) <= rtol
-
-
-def _gap(actual, expected) -> float:
-    """The largest difference, relative to the expected output's largest magnitude."""
-    actual, expected = np.asarray(actual), np.asarray(expected)
-    scale = max(float(np.max(np.abs(expected))) if expected.size else 0.0, 1e-6)
-    return float(np.max(np.abs(actual - expected))) / scale if actual.size else 0.0
 
 
 def _images(batch: int, size: int) -> tf.Tensor:
@@ -237,9 +186,13 @@ class _Checker:
         self.path, self.proto = path, proto
         self.allow_unsafe_ops, self.strict_metadata = allow_unsafe_ops, strict_metadata
         self.obj = loaded
-        self.metadata, self.metadata_error = _read_metadata(path)
+        self.metadata, self.metadata_error = savedmodel.metadata(path)
         from_metadata = (self.metadata or {}).get("task")
         self.task = task or (from_metadata if from_metadata in TASKS else None)
+        # Made by exporter: held to what our exports promise beyond the API.
+        self.ours = strict_metadata or str((self.metadata or {}).get("format", "")).startswith(
+            spec.METADATA_FORMAT.split("/")[0] + "/"
+        )
         self.results: dict[str, Result] = {}
         self.rtol = _reassociation_rtol(proto)
         self.outputs: dict[tuple, np.ndarray] = {}
@@ -248,21 +201,21 @@ class _Checker:
     # -- running -------------------------------------------------------------------------
 
     def run(self) -> Report:
-        for rule in RULES:
-            self.results[rule] = self._run_rule(rule)
+        for declared in _REGISTRY.values():
+            self.results[declared.name] = self._run_rule(declared)
         return Report(str(self.path), self.task, list(self.results.values()))
 
-    def _run_rule(self, rule: str) -> Result:
-        missing = [need for need in _NEEDS.get(rule, ()) if self.results[need].status == FAIL]
-        missing += [need for need in _NEEDS.get(rule, ()) if self.results[need].status == SKIP]
+    def _run_rule(self, declared: Rule) -> Result:
+        missing = [n for n in declared.needs if self.results[n].status in (FAIL, SKIP)]
         if missing:
-            return Result(rule, SKIP, f"not run: {', '.join(sorted(set(missing)))} did not pass")
+            message = f"not run: {', '.join(sorted(set(missing)))} did not pass"
+            return Result(declared.name, SKIP, message)
         try:
-            status, message = getattr(self, f"_{rule}")()
+            status, message = declared.check(self)
         except Exception as error:  # A rule's own call into the model failed: that is its verdict.
             first = (str(error).strip().splitlines() or [type(error).__name__])[0]
             status, message = FAIL, f"{type(error).__name__}: {first[:300]}"
-        return Result(rule, status, message)
+        return Result(declared.name, Status(status), message)
 
     def _call(self, batch: int, size: int, training: bool = False) -> np.ndarray:
         key = (batch, size, training)
@@ -285,18 +238,20 @@ class _Checker:
         shapes = {tuple(s.shape.as_list()[1:3]) for s in self._input_specs()}
         if len(shapes) == 1 and None not in next(iter(shapes)):
             return (next(iter(shapes))[0],)
-        return _DEFAULT_SIZES
+        return spec.DEFAULT_SIZES
 
     def _input_specs(self) -> list[tf.TensorSpec]:
         return [bound[0] for bound in self.functions]
 
     # -- layout and safety ---------------------------------------------------------------
 
+    @rule("no_tfhub_module_pb", "There is no tfhub_module.pb (the deprecated TF1 Hub format).")
     def _no_tfhub_module_pb(self):
         if (self.path / "tfhub_module.pb").exists():
             return FAIL, "tfhub_module.pb present: consumers treat this as the TF1 Hub format"
         return PASS, "no tfhub_module.pb"
 
+    @rule("file_names", "Every file and folder name starts with a letter, digit or underscore.")
     def _file_names(self):
         bad = [
             str(p.relative_to(self.path))
@@ -307,6 +262,11 @@ class _Checker:
             return FAIL, f"names that cannot be packed for model hubs: {', '.join(bad[:5])}"
         return PASS, "all names start with a letter, digit or underscore"
 
+    @rule(
+        "fingerprint",
+        "The content fingerprint in the metadata matches saved_model.pb and every file under "
+        "variables/: nothing changed since the export.",
+    )
     def _fingerprint(self):
         severity = FAIL if self.strict_metadata else WARN
         if self.metadata is None:  # The metadata rule reports that.
@@ -323,23 +283,26 @@ class _Checker:
         files = len(recorded["files"])
         return PASS, f"{files} files match the recorded {fingerprint.ALGORITHM} digests"
 
+    @rule(
+        "safe_ops",
+        "No op touches files, processes, the network or Python (scanned before loading).",
+    )
     def _safe_ops(self):
         found = unsafe_ops.scan(self.proto)
         if not found:
             return PASS, "no unsafe ops in any graph or function"
         listed = ", ".join(f"{op} ({where})" for op, where in found[:5])
         if self.allow_unsafe_ops:
-            return WARN, f"unsafe ops allowed by --allow_unsafe_ops: {listed}"
-        return FAIL, f"refusing to run: {listed}; pass --allow_unsafe_ops to run it anyway"
+            return WARN, f"unsafe ops allowed (allow_unsafe_ops=True): {listed}"
+        return FAIL, f"refusing to run: {listed}; pass allow_unsafe_ops=True to run it anyway"
 
+    @rule("loads", "tf.saved_model.load reads the directory.", needs=("safe_ops",))
     def _loads(self):
         if self.obj is None:
-            try:  # TensorFlow aborts or blocks on some files: vet them first.
-                checkpoint_index.vet(self.path)
-            except checkpoint_index.CheckpointError as error:
-                return FAIL, f"refusing to load: {error}"
-            try:
-                self.obj = tf.saved_model.load(str(self.path))
+            try:  # safe_ops has passed, or warned because unsafe ops are allowed.
+                self.obj = savedmodel.load(self.path, proto=self.proto, allow_unsafe_ops=True)
+            except savedmodel.UnsafeFilesError as error:
+                return FAIL, f"refusing to load: {error.reason}"
             except Exception as error:
                 first = (str(error).strip().splitlines() or [type(error).__name__])[0]
                 return FAIL, f"{type(error).__name__}: {first[:300]}"
@@ -347,6 +310,7 @@ class _Checker:
 
     # -- __call__ and its traces ---------------------------------------------------------
 
+    @rule("callable", "The root object has a traced __call__.", needs=("loads",))
     def _callable(self):
         function = self.obj.__call__ if callable(self.obj) else None
         concrete = list(getattr(function, "concrete_functions", []) or [])
@@ -362,12 +326,20 @@ class _Checker:
             self.functions.append((first, bound, names))
         return PASS, f"{len(concrete)} traced signatures"
 
+    @rule(
+        "training_argument", "__call__ takes `training` as a named argument.", needs=("callable",)
+    )
     def _training_argument(self):
         without = [names for _, _, names in self.functions if "training" not in names]
         if without:
             return FAIL, f"__call__ arguments are {without[0]}; `training` is missing"
         return PASS, "`training` is a named argument"
 
+    @rule(
+        "training_traced",
+        "`training` is traced for both values, for every combination of the other arguments.",
+        needs=("training_argument",),
+    )
     def _training_traced(self):
         groups: dict[str, set] = {}
         for _, bound, _ in self.functions:
@@ -381,6 +353,12 @@ class _Checker:
             )
         return PASS, f"both values traced for {len(groups)} argument combination(s)"
 
+    @rule(
+        "hparams",
+        "Every other argument of __call__ (an hparam) is traced as a float scalar tensor and has a"
+        " Python default.",
+        needs=("training_argument",),
+    )
     def _hparams(self):
         defaults = self._hparam_defaults()
         problems = []
@@ -398,7 +376,7 @@ class _Checker:
             return FAIL, "; ".join(sorted(set(problems))[:3]) + " (expected a float scalar tensor)"
         listed = ", ".join(f"{k}={v}" for k, v in defaults.items()) or "none"
         if self._unused:
-            # tf-keras' model.save traces Keras' own `mask` argument this way (issue 9).
+            # tf-keras' model.save traces Keras' own `mask` argument this way.
             unused = ", ".join(self._unused)
             return WARN, f"{listed}; {unused} traced only as None with default None: not an hparam"
         return PASS, listed
@@ -421,12 +399,18 @@ class _Checker:
         ignored = ("training", *self._unused)
         return {p.name: p.default for p in parameters if p.name not in ignored}
 
+    @rule("input_dtype", "The images input is float32.", needs=("callable",))
     def _input_dtype(self):
         bad = {s.dtype.name for s in self._input_specs() if s.dtype != spec.IMAGE_DTYPE}
         if bad:
             return FAIL, f"images traced as {', '.join(sorted(bad))}; expected float32"
         return PASS, "float32"
 
+    @rule(
+        "input_layout",
+        "The images input is rank 4, channels last, with 3 channels (NHWC).",
+        needs=("callable",),
+    )
     def _input_layout(self):
         for s in self._input_specs():
             shape = s.shape.as_list() if s.shape.rank is not None else None
@@ -437,20 +421,49 @@ class _Checker:
                 return FAIL, f"images traced with shape {s.shape}{nchw}; expected [B, H, W, 3]"
         return PASS, "[batch, height, width, 3]"
 
+    @rule(
+        "input_batch", "The batch dimension of the images input is free.", needs=("input_layout",)
+    )
     def _input_batch(self):
         fixed = [s.shape for s in self._input_specs() if s.shape[0] is not None]
         if fixed:
             return FAIL, f"images traced with a fixed batch size: {fixed[0]}"
         return PASS, "any batch size"
 
+    @rule(
+        "input_range",
+        "Something between the images input and the first convolution or matmul rescales or "
+        "normalizes the pixels, as RGB in [0, 1] needs (a warning: read from the graph).",
+        needs=("callable",),
+    )
+    def _input_range(self):
+        verdict = input_range.first_layer_input(self.proto)
+        if verdict is None:
+            return PASS, "no convolution or matmul reached from the images: nothing to judge"
+        if verdict.rescaled:
+            return PASS, "rescaled before the first convolution or matmul"
+        mode = ((self.metadata or {}).get("preprocessing") or {}).get("mode")
+        if self.ours and mode == "identity":
+            return PASS, (
+                "nothing rescales before the first layer, as the metadata declares: "
+                "preprocessing 'identity' (the backbone takes [0, 1] as is)"
+            )
+        return WARN, (
+            f"nothing rescales or normalizes the images before the first {verdict.first_layer_op} "
+            f"({verdict.function}): the model may expect pre-normalized pixels (such as an "
+            "ImageNet mean and standard deviation) rather than RGB in [0, 1]"
+        )
+
     # -- outputs -------------------------------------------------------------------------
 
+    @rule("output_dtype", "The output is float32.", needs=_CALLS)
     def _output_dtype(self):
         output = self._call(3, self.sizes[0])
         if output.dtype != tf.float32:
             return FAIL, f"output is {output.dtype.name}; expected float32"
         return PASS, "float32"
 
+    @rule("output_shape", "The output is rank 2 and keeps the batch size.", needs=_CALLS)
     def _output_shape(self):
         shapes = {batch: self._call(batch, self.sizes[0]).shape for batch in (1, 3)}
         for batch, shape in shapes.items():
@@ -458,30 +471,11 @@ class _Checker:
                 return FAIL, f"output shape {shape} for a batch of {batch}; expected [{batch}, N]"
         return PASS, f"[batch, {shapes[3][1]}]"
 
-    def _training_call(self):
-        # Training mode updates batch-norm statistics (and dropout seeds): put them back, so
-        # checking leaves the model as it was. A forward pass does not change the weights,
-        # so only the other variables are copied (a copy of every variable held the weights
-        # a third time during an export's verify: +94 MB for ResNet50). A weight is a
-        # variable both listed in trainable_variables and flagged trainable. This rule also
-        # runs last for models that hide their variables.
-        expected = self._call(3, self.sizes[0]).shape
-        weights = {v.ref() for v in getattr(self.obj, "trainable_variables", []) if v.trainable}
-        saved = [
-            (v, v.numpy()) for v in getattr(self.obj, "variables", []) if v.ref() not in weights
-        ]
-        try:
-            output = self.obj(_images(3, self.sizes[0]), training=True)
-        finally:
-            for variable, value in saved:
-                variable.assign(value)
-        if output.shape != expected or output.dtype != tf.float32:
-            return (
-                FAIL,
-                f"training=True gave {output.dtype.name} {output.shape}, expected {expected}",
-            )
-        return PASS, "runs, same shape"
-
+    @rule(
+        "size_independent",
+        "The output width is the same at two input sizes inside the range.",
+        needs=(*_CALLS, "output_shape"),
+    )
     def _size_independent(self):
         if len(self.sizes) < 2:
             return PASS, f"fixed-size model ({self.sizes[0]}x{self.sizes[0]})"
@@ -491,6 +485,11 @@ class _Checker:
             return FAIL, f"output width depends on the input size: {listed}"
         return PASS, f"width {widths[self.sizes[0]]} at sizes {', '.join(map(str, self.sizes))}"
 
+    @rule(
+        "batch_independent",
+        "In inference, an example's output does not depend on the rest of the batch.",
+        needs=(*_CALLS, "output_shape"),
+    )
     def _batch_independent(self):
         alone = self._call(1, self.sizes[0])
         # _images(3, size) starts with the same first image as _images(1, size).
@@ -505,7 +504,7 @@ class _Checker:
         image = _images(1, self.sizes[0])
         jitter = 1.0 - 1e-6 * np.random.default_rng(0).random(image.shape, np.float32)
         nudged = np.asarray(self._invoke(image * jitter, False))
-        moved, rounding = _gap(in_batch, alone), _gap(nudged, alone)
+        moved, rounding = numeric.gap(in_batch, alone), numeric.gap(nudged, alone)
         if moved <= _ROUNDING_MARGIN * rounding:
             return WARN, (
                 f"cannot tell: sharing the batch moves the first image's output by {moved:.2g} "
@@ -517,6 +516,11 @@ class _Checker:
             f"(by {moved:.2g} of its scale)"
         )
 
+    @rule(
+        "deterministic",
+        "Two inference calls on the same images give the same output.",
+        needs=(*_CALLS, "output_shape"),
+    )
     def _deterministic(self):
         first = self._call(3, self.sizes[0])
         again = self._invoke(_images(3, self.sizes[0]), training=False)
@@ -526,11 +530,36 @@ class _Checker:
 
     # -- variables and losses ------------------------------------------------------------
 
+    def _captured(self) -> list[tf.Variable]:
+        """Every variable a traced ``__call__`` reads or writes (empty when it has none)."""
+        call = self.obj.__call__ if callable(self.obj) else None
+        concrete = getattr(call, "concrete_functions", None) or []
+        seen = {}
+        for function in concrete:
+            for variable in function.variables:
+                seen.setdefault(variable.ref(), variable)
+        return list(seen.values())
+
+    @rule(
+        "variables",
+        "`variables` and `trainable_variables` list what __call__ uses (omitted only when "
+        "empty); the trainable ones are a subset.",
+        needs=("loads",),
+    )
     def _variables(self):
-        missing = [a for a in ("variables", "trainable_variables") if not hasattr(self.obj, a)]
-        if missing:
-            return FAIL, f"missing attribute(s): {', '.join(missing)}"
-        variables, trainable = list(self.obj.variables), list(self.obj.trainable_variables)
+        # The Reusable SavedModel API lets a publisher omit a list that would be empty.
+        captured, notes = self._captured(), []
+        for name, needed in (
+            ("variables", captured),
+            ("trainable_variables", [v for v in captured if v.trainable]),
+        ):
+            if hasattr(self.obj, name):
+                continue
+            if needed:
+                return FAIL, f"no `{name}` attribute, but __call__ uses {len(needed)} of them"
+            notes.append(f"no `{name}` (omitted as empty: __call__ uses none)")
+        variables = list(getattr(self.obj, "variables", []))
+        trainable = list(getattr(self.obj, "trainable_variables", []))
         if not all(isinstance(v, tf.Variable) for v in variables + trainable):
             return (
                 FAIL,
@@ -539,18 +568,38 @@ class _Checker:
         outside = {v.ref() for v in trainable} - {v.ref() for v in variables}
         if outside:
             return FAIL, f"{len(outside)} trainable variable(s) are missing from `variables`"
-        return PASS, f"{len(variables)} variables, {len(trainable)} trainable"
+        return PASS, "; ".join([f"{len(variables)} variables, {len(trainable)} trainable", *notes])
 
+    @rule(
+        "trainable_flags",
+        "Every variable in `trainable_variables` has trainable=True.",
+        needs=("variables",),
+    )
     def _trainable_flags(self):
-        frozen = [v.name for v in self.obj.trainable_variables if not v.trainable]
+        trainable = getattr(self.obj, "trainable_variables", [])
+        frozen = [v.name for v in trainable if not v.trainable]
         if frozen:
             return FAIL, f"in trainable_variables with trainable=False: {', '.join(frozen[:3])}"
         return PASS, "all trainable=True"
 
+    @rule(
+        "regularization_losses",
+        "`regularization_losses` is a list of zero-argument callables returning float scalars "
+        "(omitted only when no object of the model holds one).",
+        needs=("loads",),
+    )
     def _regularization_losses(self):
         losses = getattr(self.obj, "regularization_losses", None)
         if losses is None:
-            return FAIL, "no `regularization_losses` attribute"
+            # Omitted, as the API allows for an empty list, unless an object of the model
+            # (a tf-keras layer, say) holds loss functions the root does not list.
+            held = _nested_regularization_losses(self.proto)
+            if held:
+                return FAIL, (
+                    f"no `regularization_losses` attribute, but the model's objects hold {held} "
+                    "regularization loss function(s) that consumers would never see"
+                )
+            return PASS, "no `regularization_losses` (omitted as empty: no object holds one)"
         for index, loss in enumerate(losses):
             if not callable(loss):
                 return FAIL, f"regularization_losses[{index}] is not callable"
@@ -564,10 +613,22 @@ class _Checker:
 
     # -- signatures and documentation ----------------------------------------------------
 
+    @rule(
+        "serving_default",
+        "serving_default takes float32 images and agrees with __call__ (ours must have it; "
+        "missing from anyone else's, a warning).",
+        needs=(*_CALLS, "output_shape"),
+    )
     def _serving_default(self):
         signature = self.obj.signatures.get("serving_default")
         if signature is None:
-            return FAIL, "no serving_default signature"
+            if self.ours:
+                return FAIL, "no serving_default signature (an export of ours always has one)"
+            # The reusable SavedModel API asks for none; serving_default is TF Serving's.
+            return WARN, (
+                "no serving_default signature: TF Serving, LiteRT, ONNX and Keras' TFSMLayer "
+                "need one; __call__ alone keeps the reusable SavedModel API"
+            )
         inputs = signature.structured_input_signature[1]
         if len(inputs) != 1:
             return FAIL, f"serving_default takes {sorted(inputs)}; expected one images input"
@@ -582,10 +643,23 @@ class _Checker:
             return FAIL, f"serving_default output {output_name!r} differs from __call__"
         return PASS, f"{name!r} -> {output_name!r}, agrees with __call__"
 
+    @rule(
+        "serving_uint8",
+        "serving_uint8, where exported, takes uint8 images 0..255 and agrees with __call__ on the "
+        "same pixels, with serving_default's one output name.",
+        needs=(*_CALLS, "output_shape"),
+    )
     def _serving_uint8(self):
         pixels = _pixels(3, self.sizes[0], seed=3)
         return self._extra_signature("serving_uint8", tf.uint8, tf.constant(pixels), pixels)
 
+    @rule(
+        "serving_bytes",
+        "serving_bytes, where exported, takes encoded images as strings, makes grayscale and RGBA "
+        "ones RGB, and agrees with __call__ on the same pixels, with serving_default's one output "
+        "name.",
+        needs=(*_CALLS, "output_shape"),
+    )
     def _serving_bytes(self):
         if "serving_bytes" not in self.obj.signatures:
             return PASS, "not exported (optional)"
@@ -623,6 +697,11 @@ class _Checker:
             return FAIL, f"{name} output {output_name!r} differs from __call__ on the same pixels"
         return PASS, f"{argument!r} -> {output_name!r}, agrees with __call__"
 
+    @rule(
+        "labels",
+        "A classifier's labels asset has one line per class.",
+        needs=(*_CALLS, "output_shape"),
+    )
     def _labels(self):
         asset = getattr(self.obj, "labels_file", None)
         if self.task != "image_classification":
@@ -636,6 +715,11 @@ class _Checker:
             return FAIL, f"{len(lines)} labels for {width} classes"
         return PASS, f"{len(lines)} labels"
 
+    @rule(
+        "metadata",
+        "The model card and metadata are present and agree with the model.",
+        needs=(*_CALLS, "output_shape", "hparams"),
+    )
     def _metadata(self):
         if self.metadata is None:
             severity = FAIL if self.strict_metadata else WARN
@@ -681,6 +765,51 @@ class _Checker:
             problems.append(f"min_size is {minimum}, but {minimum - 1}x{minimum - 1} is accepted")
         return problems
 
+    @rule(
+        "training_call",
+        "__call__(images, training=True) runs and keeps the output shape.",
+        needs=(*_CALLS, "training_traced", "output_dtype", "output_shape"),
+    )
+    def _training_call(self):
+        # Training mode updates batch-norm statistics (and dropout seeds): put them back, so
+        # checking leaves the model as it was. A forward pass does not change the weights,
+        # so only the other variables are copied (a copy of the weights would be a third
+        # one in memory during an export's verify). A weight is a variable both listed in
+        # trainable_variables and flagged trainable. This rule also runs last for models
+        # that hide their variables.
+        expected = self._call(3, self.sizes[0]).shape
+        weights = {v.ref() for v in getattr(self.obj, "trainable_variables", []) if v.trainable}
+        saved = [
+            (v, v.numpy()) for v in getattr(self.obj, "variables", []) if v.ref() not in weights
+        ]
+        try:
+            output = self.obj(_images(3, self.sizes[0]), training=True)
+        finally:
+            for variable, value in saved:
+                variable.assign(value)
+        if output.shape != expected or output.dtype != tf.float32:
+            return (
+                FAIL,
+                f"training=True gave {output.dtype.name} {output.shape}, expected {expected}",
+            )
+        return PASS, "runs, same shape"
+
+
+_REGULARIZER_LISTS = ("regularization_losses", "layer_regularization_losses")
+
+
+def _nested_regularization_losses(proto: saved_model_pb2.SavedModel) -> int:
+    """How many loss functions the object graph's nested regularization lists hold."""
+    nodes = proto.meta_graphs[0].object_graph_def.nodes
+    lists = {
+        child.node_id
+        for node in nodes
+        for child in node.children
+        if child.local_name in _REGULARIZER_LISTS and child.node_id < len(nodes)
+    }
+    # tf-keras lists a layer's losses on the layer and again on each model holding it.
+    return len({child.node_id for i in lists for child in nodes[i].children})
+
 
 def _reassociation_rtol(proto: saved_model_pb2.SavedModel) -> float:
     """The tolerance for reassociated sums: looser where convolutions compute in 16 bits."""
@@ -711,46 +840,10 @@ def _accepts(obj, size: int) -> bool:
     return True
 
 
-def _read_metadata(path: Path) -> tuple[dict | None, str]:
-    file = path / spec.METADATA_FILE
-    if not file.is_file():
-        return None, f"no {spec.METADATA_FILE}: the model's facts are undocumented"
-    try:
-        facts = json.loads(files.read_regular(file, _MAX_TEXT_BYTES).decode("utf-8"))
-    except files.UnsafeFileError as error:
-        return None, f"{spec.METADATA_FILE} cannot be read: {error}"
-    except OSError as error:
-        return None, f"{spec.METADATA_FILE} cannot be read: {error.strerror or error}"
-    except (ValueError, UnicodeDecodeError) as error:
-        return None, f"{spec.METADATA_FILE} is not valid JSON: {error}"
-    if not isinstance(facts, dict):
-        return None, f"{spec.METADATA_FILE} is not a JSON object"
-    return facts, ""
+# Each rule's one-line contract, in the order the rules run: --list_rules and the docs.
+RULES = {declared.name: declared.contract for declared in _REGISTRY.values()}
 
 
-# What each rule needs to have passed first; a rule whose needs failed is skipped.
-_CALLS = ("callable", "input_dtype", "input_layout", "input_batch")
-_NEEDS: dict[str, tuple[str, ...]] = {
-    "loads": ("safe_ops",),
-    "callable": ("loads",),
-    "training_argument": ("callable",),
-    "training_traced": ("training_argument",),
-    "hparams": ("training_argument",),
-    "input_dtype": ("callable",),
-    "input_layout": ("callable",),
-    "input_batch": ("input_layout",),
-    "output_dtype": _CALLS,
-    "output_shape": _CALLS,
-    "training_call": (*_CALLS, "training_traced", "output_dtype", "output_shape"),
-    "size_independent": (*_CALLS, "output_shape"),
-    "batch_independent": (*_CALLS, "output_shape"),
-    "deterministic": (*_CALLS, "output_shape"),
-    "variables": ("loads",),
-    "trainable_flags": ("variables",),
-    "regularization_losses": ("loads",),
-    "serving_default": (*_CALLS, "output_shape"),
-    "serving_uint8": (*_CALLS, "output_shape"),
-    "serving_bytes": (*_CALLS, "output_shape"),
-    "labels": (*_CALLS, "output_shape"),
-    "metadata": (*_CALLS, "output_shape", "hparams"),
-}
+def rules_table() -> str:
+    """The rules as a Markdown list, as the docs show them."""
+    return "\n".join(f"- `{name}`: {contract}" for name, contract in RULES.items())

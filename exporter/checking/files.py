@@ -12,8 +12,10 @@ import stat
 from pathlib import Path
 from typing import BinaryIO
 
+from exporter.errors import Error
 
-class UnsafeFileError(ValueError):
+
+class UnsafeFileError(Error, ValueError):
     """Not read: not a regular file (a FIFO, a device, a socket, a directory), or too large."""
 
 

@@ -13,13 +13,14 @@ from pathlib import Path
 
 from exporter import spec
 from exporter.checking import files
+from exporter.errors import Error
 
 ALGORITHM = "sha256"
 VARIABLES_DIR = "variables"
 _CHUNK = 1 << 20
 
 
-class FingerprintError(ValueError):
+class FingerprintError(Error, ValueError):
     """A covered file that cannot be hashed: missing, not a regular file, unreadable."""
 
 

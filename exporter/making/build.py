@@ -12,15 +12,8 @@ import keras
 
 from exporter.errors import ExportError
 from exporter.making import precision, registry
-from exporter.making.module import (
-    DEFAULT_DROPOUT,
-    POOLINGS,
-    ClassifierModule,
-    FeatureVectorModule,
-    HeadDropout,
-    ImageModule,
-    new_head,
-)
+from exporter.making.head import DEFAULT_DROPOUT, HeadDropout, new_head
+from exporter.making.module import POOLINGS, ClassifierModule, FeatureVectorModule, ImageModule
 from exporter.progress import stage
 
 WEIGHT_SUFFIXES = (".weights.h5", ".keras")
@@ -62,8 +55,8 @@ def _construct(backbone: registry.Backbone, weights, hint: str = "", **kwargs) -
             raise
         raise ExportError(
             f"Could not fetch the ImageNet weights of {backbone.name} "
-            f"({_first_line(error)}). Nothing was written. Use --weights=none for random "
-            f"initialization, or --weights=PATH for a .weights.h5 or .keras file saved from "
+            f'({_first_line(error)}). Nothing was written. Use weights="none" for random '
+            f"initialization, or weights=PATH for a .weights.h5 or .keras file saved from "
             f"{backbone.source}."
         ) from error
     if isinstance(weights, Path):
@@ -100,8 +93,7 @@ def load_backbone(
     Example:
         >>> model = load_backbone("mobilenet_v2", weights="none")  # For training in Keras.
     """
-    if isinstance(backbone, str):
-        backbone = registry.get(backbone)
+    backbone = registry.resolve(backbone)
     if pooling is not None and pooling not in POOLINGS:
         raise ExportError(f"Unknown pooling {pooling!r}; known: {', '.join(POOLINGS)}.")
     if backbone.norm_after_pooling:
@@ -208,7 +200,7 @@ def add_weight_decay(layers, weight_decay: float) -> None:
 
 
 def build_feature_vector(
-    backbone: str,
+    backbone: str | registry.Backbone,
     *,
     weights: str | os.PathLike | None = "imagenet",
     pooling: str = "avg",
@@ -218,7 +210,7 @@ def build_feature_vector(
     """Build the image feature vector module of a registered backbone.
 
     Args:
-        backbone: A registered name; see ``exporter.list_backbones()``.
+        backbone: A registered name (see ``exporter.list_backbones()``) or fact sheet.
         weights: ``'imagenet'``, ``'none'``/``None``, or a ``.weights.h5``/``.keras`` path.
         pooling: ``'avg'`` or ``'max'`` over the last feature map.
         weight_decay: L2 penalty on every kernel, exposed as ``regularization_losses``.
@@ -229,36 +221,37 @@ def build_feature_vector(
         >>> module.num_features
         1280
     """
-    facts = registry.get(backbone)
+    facts = registry.resolve(backbone)
 
-    def make():
+    def make(float32_twin=None):
         # Families that normalize after pooling pool inside Keras; the rest are pooled by
         # the module, which keeps the feature map for heads that need it.
         model = load_backbone(facts, weights, pooling if facts.norm_after_pooling else None)
         add_weight_decay([model], weight_decay)
-        return FeatureVectorModule(model, pooling=pooling, **_facts_arguments(facts, pooling))
+        return FeatureVectorModule(
+            model, pooling=pooling, float32_twin=float32_twin, **_facts_arguments(facts, pooling)
+        )
 
     return with_compute_dtype(make, compute_dtype)
 
 
-def with_compute_dtype(make: Callable[[], ImageModule], compute_dtype: str) -> ImageModule:
+def with_compute_dtype(make: Callable[..., ImageModule], compute_dtype: str) -> ImageModule:
     """Return ``make()``, its Keras layers built under ``compute_dtype``'s mixed policy.
 
-    For a lower precision, ``make()`` runs twice: once in float32 and once under the mixed
-    policy, with the float32 weights copied over. The float32 one is kept, unsaved, as the
-    module's ``float32_twin``: the export measures its deviation from it.
+    For a lower precision, ``make`` runs twice: once in float32, and once under the mixed
+    policy as ``make(float32_twin=the float32 module)``, with the float32 weights copied
+    over. The twin stays unsaved; the export measures its deviation from it.
     """
     if precision.check(compute_dtype) == "float32":
         return make()
     reference = make()
     with precision.policy(compute_dtype), stage(f"build in {compute_dtype}"):
-        module = make()
+        module = make(float32_twin=reference)
     pairs = list(zip(module.variables, reference.variables, strict=True))
     for variable, value in pairs:
         if variable.shape != value.shape:
             raise ExportError(f"The {compute_dtype} model's weights differ from float32's.")
         variable.assign(value)
-    module.float32_twin = precision.Twin(reference)
     return module
 
 
@@ -275,7 +268,7 @@ def _facts_arguments(facts: registry.Backbone, pooling: str = "avg") -> dict:
 
 
 def build_classifier(
-    backbone: str,
+    backbone: str | registry.Backbone,
     *,
     weights: str | os.PathLike | None = "imagenet",
     num_classes: int | None = None,
@@ -287,7 +280,7 @@ def build_classifier(
     """Build the image classification module of a registered backbone.
 
     Args:
-        backbone: A registered name; see ``exporter.list_backbones()``.
+        backbone: A registered name (see ``exporter.list_backbones()``) or fact sheet.
         weights: ``'imagenet'``, ``'none'``/``None``, or a ``.weights.h5``/``.keras`` path.
         num_classes: ``None`` keeps the backbone's own classifier (ImageNet's 1000 classes)
             as logits; a number puts a new Dense head of that width on the pooled features.
@@ -304,17 +297,19 @@ def build_classifier(
         >>> module.num_classes
         5
     """
-    facts = registry.get(backbone)
+    facts = registry.resolve(backbone)
     if labels is None and num_classes is None:
         labels = imagenet_labels()  # Its own classifier: ImageNet's 1000 classes.
     return with_compute_dtype(
-        lambda: _classifier(facts, weights, num_classes, labels, weight_decay, dropout_rate),
+        lambda float32_twin=None: _classifier(
+            facts, weights, num_classes, labels, weight_decay, dropout_rate, float32_twin
+        ),
         compute_dtype,
     )
 
 
-def _classifier(facts, weights, num_classes, labels, weight_decay, dropout_rate):
-    common = dict(labels=labels, **_facts_arguments(facts))
+def _classifier(facts, weights, num_classes, labels, weight_decay, dropout_rate, float32_twin):
+    common = dict(labels=labels, float32_twin=float32_twin, **_facts_arguments(facts))
     if num_classes is None:
         body, head = load_with_classifier(facts, weights, dropout_rate)
         if facts.classifier_fixed_size:

@@ -15,21 +15,22 @@ import tensorflow as tf
 from exporter import spec
 from exporter.checking.fingerprint import compute as content_fingerprint
 from exporter.making import preprocessing
-from exporter.making.module import HPARAMS
+from exporter.making.hparams import HPARAMS
 from exporter.making.precision import MIN_COSINE
 from exporter.version import VERSION
 
-FORMAT = "exporter-metadata/1"
+FORMAT = spec.METADATA_FORMAT
 
 
 def _tensorflow_minor() -> str:
     return ".".join(tf.__version__.split(".")[:2])
 
 
+# Long: one literal, the metadata schema, kept in one piece so it reads as the file does.
 def metadata(
     module, signatures: list[str], *, serving_size=None, compute=None, fingerprint=None
 ) -> dict:
-    """Collect every fact SPEC.md asks the documentation to state.
+    """Collect every fact the contract asks the documentation to state (docs/contract.md).
 
     ``serving_size`` is the size ``serving_bytes`` resizes to; ``compute`` the measured
     ``exporter.making.precision.Deviation`` of a module that computes in a lower precision;

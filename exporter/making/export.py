@@ -51,10 +51,10 @@ def export_feature_vector(
         PosixPath('/tmp/fv')
     """
     check_destination(out, overwrite)
-    registry.get(backbone)
+    facts = registry.get(backbone)  # Resolved once; the fact sheet is passed on.
     _check_serving(serving_inputs, compute_dtype)
     module = build_feature_vector(
-        backbone, weights=weights, pooling=pooling, weight_decay=weight_decay,
+        facts, weights=weights, pooling=pooling, weight_decay=weight_decay,
         compute_dtype=compute_dtype,
     )  # fmt: skip
     return save(
@@ -112,7 +112,7 @@ def export_classifier(
         raise ExportError(f"Expected dropout_rate in [0, 1). Received: {dropout_rate!r}.")
     _check_serving(serving_inputs, compute_dtype)
     module = build_classifier(
-        backbone, weights=weights, num_classes=num_classes, labels=labels,
+        facts, weights=weights, num_classes=num_classes, labels=labels,
         weight_decay=weight_decay, dropout_rate=dropout_rate, compute_dtype=compute_dtype,
     )  # fmt: skip
     return save(

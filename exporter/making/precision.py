@@ -86,10 +86,3 @@ def deviation(compute_dtype: str, output, reference) -> Deviation:
         max_relative=float(np.max(np.abs(output - reference)) / scale),
         min_cosine=float(np.min(cosine)),
     )
-
-
-class Twin:
-    """Holds a float32 module beside a lower-precision one, out of its SavedModel."""
-
-    def __init__(self, module):
-        self.module = module

@@ -88,6 +88,11 @@ def get(name: str) -> Backbone:
         raise ExportError(f"Unknown backbone {name!r}; known: {', '.join(names())}.") from None
 
 
+def resolve(backbone: str | Backbone) -> Backbone:
+    """``backbone``'s fact sheet: itself, or the one registered under that name (``get``)."""
+    return backbone if isinstance(backbone, Backbone) else get(backbone)
+
+
 def names() -> list[str]:
     """Return the registered names, sorted."""
     return sorted(_REGISTRY)

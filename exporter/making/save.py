@@ -22,16 +22,42 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from exporter import spec
-from exporter.checking import conformance
-from exporter.errors import ExportError
+from exporter import siblings, spec
+from exporter.checking import conformance, numeric, savedmodel
+from exporter.errors import ExportError, UnsafeOpsError
 from exporter.making import card, precision, serving
-from exporter.making.module import SAVE_OPTIONS, ImageModule, saver_tracing
+from exporter.making.module import ImageModule
 from exporter.progress import stage
 
-LABELS_FILE = "labels.txt"
-_TMP_TAG = "exporter-tmp"
-_OLD_TAG = "exporter-old"
+# An export of ours must load without unsafe ops: the way out is to change the model.
+_NO_UNSAFE_OPS = "An export must load without them: remove them from the model."
+_OLD_TAG = "exporter-old"  # A replaced export, while the new one moves into place.
+
+
+SAVE_OPTIONS = tf.saved_model.SaveOptions()
+
+
+@contextlib.contextmanager
+def saver_tracing():
+    """Trace ``tf.function``s here as ``tf.saved_model.save(..., options=SAVE_OPTIONS)`` does.
+
+    TensorFlow keys its trace cache on whether a save is in progress (and on the save's
+    variable policy), so the saver traces every function again that was traced outside a
+    save: for our module, the whole backbone three more times (ResNet50: seconds).
+    Traces made in here are the saver's own. The context is TensorFlow's internal
+    ``save_context``; without it (a future TensorFlow), tracing is plain and the saver
+    traces again, as before.
+    """
+    try:
+        from tensorflow.python.saved_model import save_context
+    except ImportError:  # pragma: no cover - depends on the TensorFlow version
+        yield
+        return
+    if save_context.in_save_context():
+        yield
+        return
+    with save_context.save_context(SAVE_OPTIONS):
+        yield
 
 
 def check_destination(out: str | os.PathLike, overwrite: bool) -> Path:
@@ -42,25 +68,25 @@ def check_destination(out: str | os.PathLike, overwrite: bool) -> Path:
     """
     out = Path(out).expanduser().absolute()
     if out.exists() and not out.is_dir():
-        raise ExportError(f"Expected --out to be a directory path. Received a file: {out}.")
+        raise ExportError(f"Expected out={out} to be a directory path. Received a file.")
     ancestor = next(parent for parent in out.parents if parent.exists())
     if not ancestor.is_dir():
-        raise ExportError(
-            f"Expected --out inside a directory. Received {out}, but {ancestor} is a file."
-        )
+        raise ExportError(f"Expected out={out} inside a directory, but {ancestor} is a file.")
     if out.is_dir() and any(out.iterdir()):
         if not overwrite:
             raise ExportError(
-                f"Output directory {out} exists and is not empty; pass --overwrite to replace it."
+                f"Output directory {out} exists and is not empty; pass overwrite=True to "
+                "replace it."
             )
         if not (out / spec.SAVED_MODEL_FILE).is_file():
             raise ExportError(
                 f"Refusing to replace {out}: it is not a SavedModel (no saved_model.pb). "
-                "Choose another --out, or remove it yourself."
+                "Choose another output directory, or remove it yourself."
             )
     return out
 
 
+# Long: its docstring documents the public API; the stages share one cleanup.
 def save(
     module: ImageModule,
     out: str | os.PathLike,
@@ -105,14 +131,10 @@ def save(
         with _explained_io_errors(out):
             created = _make_parents(out.parent)
             _sweep_leftovers(out)
-            tmp = Path(
-                tempfile.mkdtemp(prefix=f".{out.name}.{_TMP_TAG}-{os.getpid()}-", dir=out.parent)
-            )
-            os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp's 0700 would otherwise reach `out`.
-        with stage("trace"):
+            tmp = siblings.directory(out)
+        with stage("trace"), saver_tracing():  # The saver reuses these traces.
             module.trace()
-            with saver_tracing():  # The signatures' wrappers too: see saver_tracing.
-                signatures = serving.signatures(module, kinds, serving_size)
+            signatures = serving.signatures(module, kinds, serving_size)
         with stage("save"), _explained_io_errors(out):
             _write(module, tmp, signatures, serving_size)
         with stage("verify"):
@@ -150,12 +172,6 @@ def _explained_io_errors(out: Path):
         ) from error
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def _make_parents(parent: Path) -> list[Path]:
     missing = []
     while not parent.exists():
@@ -167,17 +183,8 @@ def _make_parents(parent: Path) -> list[Path]:
 
 
 def _write(module: ImageModule, directory: Path, signatures: dict, serving_size=None) -> None:
-    labels = getattr(module, "labels", None)
-    with tempfile.TemporaryDirectory() as scratch:
-        if labels:
-            path = Path(scratch, LABELS_FILE)
-            path.write_text("".join(f"{label}\n" for label in labels), encoding="utf-8")
-            module.labels_file = tf.saved_model.Asset(str(path))
-        try:
-            tf.saved_model.save(module, str(directory), signatures=signatures, options=SAVE_OPTIONS)
-        finally:
-            if labels:
-                del module.labels_file
+    with tempfile.TemporaryDirectory() as scratch, module.labels_asset(scratch):
+        tf.saved_model.save(module, str(directory), signatures=signatures, options=SAVE_OPTIONS)
     deviation = _deviation(module, _verify_images(module))
     card.write(module, directory, list(signatures), serving_size=serving_size, compute=deviation)
 
@@ -190,11 +197,10 @@ def _verify_images(module: ImageModule) -> tf.Tensor:
 
 def _deviation(module: ImageModule, images: tf.Tensor) -> precision.Deviation | None:
     """The deviation from float32 of a module built in a lower precision, if it has a twin."""
-    twin = getattr(module, "float32_twin", None)
-    if twin is None:
+    if module.float32_twin is None:
         return None
     dtype = precision.compute_dtype_of(module.keras_backbone)
-    return precision.deviation(dtype, module(images), twin.module(images))
+    return precision.deviation(dtype, module(images), module.float32_twin(images))
 
 
 def verify(directory: Path, module: ImageModule, serving_size: int | None = None) -> None:
@@ -206,11 +212,15 @@ def verify(directory: Path, module: ImageModule, serving_size: int | None = None
     with the card and metadata required.
     """
     problems = []
-    loaded = tf.saved_model.load(str(directory))
+    try:  # Scanned like anybody's: an export that runs unsafe ops is a failed export.
+        proto = savedmodel.read(directory)
+        loaded = savedmodel.load(directory, proto=proto, opt_in=_NO_UNSAFE_OPS)
+    except (savedmodel.UnreadableError, UnsafeOpsError) as error:
+        raise ExportError(f"The export failed verification: {error}") from None
     images = _verify_images(module)
     expected = module.traced_inference(images).numpy()
     outputs = {
-        "__call__(training=False)": conformance.shape_free_call(loaded, False)(images),
+        "__call__(training=False)": numeric.shape_free_call(loaded, False)(images),
         "serving_default": loaded.signatures["serving_default"](images=images)[module.output_name],
     }
     for name, output in outputs.items():
@@ -218,7 +228,7 @@ def verify(directory: Path, module: ImageModule, serving_size: int | None = None
             problems.append(
                 f"{name} gave {output.dtype.name} {output.shape}, expected float32 {expected.shape}"
             )
-        elif not conformance.close(output.numpy(), expected):
+        elif not numeric.close(output.numpy(), expected):
             problems.append(f"{name} differs from the in-memory model")
     problems += _serving_problems(loaded, module, serving_size)
     deviation = _deviation(module, images)
@@ -230,10 +240,14 @@ def verify(directory: Path, module: ImageModule, serving_size: int | None = None
         )
     # The shared rules call training=True too (and restore what it changes).
     try:
-        report = conformance.check(directory, task=module.task, strict_metadata=True, loaded=loaded)
+        report = conformance.check(
+            directory, task=module.task, strict_metadata=True, loaded=loaded, proto=proto
+        )
     except conformance.UnreadableError as error:
         raise ExportError(f"The export failed verification: {error}") from None
-    problems += [f"rule {r.rule}: {r.message}" for r in report.results if r.status == "fail"]
+    problems += [
+        f"rule {r.rule}: {r.message}" for r in report.results if r.status == conformance.FAIL
+    ]
     if problems:
         raise ExportError(f"The export failed verification: {'; '.join(problems)}.")
 
@@ -257,7 +271,7 @@ def _serving_problems(loaded, module: ImageModule, serving_size: int | None) -> 
         outputs = loaded.signatures[name](**arguments)
         if list(outputs) != [module.output_name]:
             problems.append(f"{name} has outputs {sorted(outputs)}, expected {module.output_name}")
-        elif not conformance.close(outputs[module.output_name].numpy(), expected):
+        elif not numeric.close(outputs[module.output_name].numpy(), expected):
             problems.append(f"{name} differs from __call__ on the same pixels")
     return problems
 
@@ -297,7 +311,7 @@ def _move_into_place(tmp: Path, out: Path) -> None:
     if _exchange(tmp, out):
         shutil.rmtree(tmp)  # Now holds the old content.
         return
-    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.{_OLD_TAG}-{os.getpid()}-", dir=out.parent))
+    old = siblings.directory(out, _OLD_TAG)
     os.rename(out, old / "content")
     os.rename(tmp, out)
     shutil.rmtree(old)
@@ -322,7 +336,7 @@ def _sweep_leftovers(out: Path) -> None:
     """Remove what killed exports to ``out`` left behind, restoring a displaced original."""
     for path in out.parent.iterdir():
         match = re.fullmatch(
-            rf"\.{re.escape(out.name)}\.({_TMP_TAG}|{_OLD_TAG})-(\d+)-.*", path.name
+            rf"\.{re.escape(out.name)}\.({siblings.TMP_TAG}|{_OLD_TAG})-(\d+)-.*", path.name
         )
         if not match or _alive(int(match.group(2))):
             continue

@@ -2,9 +2,10 @@
 
 Beam's stock ``TFModelHandlerTensor`` loads through ``tf.keras.models.load_model``, which
 Keras 3 refuses for a plain SavedModel, and imports tensorflow_hub at module level. This
-handler loads with ``tf.saved_model.load`` and calls ``__call__(images, training=False)``, as
-SPEC.md says a consumer does. Everything else (batching, sharing one model per worker process,
-retries, scaling out) is Beam's ``RunInference``.
+handler scans the graph for unsafe ops, loads with ``tf.saved_model.load`` (both through
+``exporter.checking.savedmodel``) and calls ``__call__(images, training=False)``, as the
+contract (``docs/contract.md``) says a consumer does. Everything else (batching, sharing
+one model per worker process, retries, scaling out) is Beam's ``RunInference``.
 
 Example:
     >>> from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
@@ -15,13 +16,13 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import tensorflow as tf
 
-from exporter.checking import conformance, unsafe_ops
+from exporter.checking import savedmodel
+from exporter.errors import UnsafeOpsError
 
 try:
     import apache_beam as beam
@@ -32,50 +33,14 @@ except ImportError as error:  # pragma: no cover - depends on the environment
 METRICS_NAMESPACE = "exporter.embed"
 
 
-class UnsafeModelError(ValueError):
-    """The SavedModel has ops that touch files, processes, the network or Python."""
-
-
-def read_saved_model(path: str):
-    """Parse ``saved_model.pb`` at ``path`` (local or any filesystem TensorFlow reads).
-
-    Raises:
-        conformance.UnreadableError: If ``path`` is not a readable SavedModel.
-    """
-    if "://" not in path:
-        return conformance.read_saved_model(Path(path))
-    from tensorflow.core.protobuf import saved_model_pb2
-
-    pb = f"{path.rstrip('/')}/saved_model.pb"
-    if not tf.io.gfile.exists(pb):
-        raise conformance.UnreadableError(f"Not a SavedModel: no saved_model.pb in {path}.")
-    proto = saved_model_pb2.SavedModel()
-    with tf.io.gfile.GFile(pb, "rb") as file:
-        proto.ParseFromString(file.read())
-    return proto
-
-
-def check_safe(path: str) -> None:
-    """Refuse a SavedModel with unsafe ops, before anything of it is loaded or run.
-
-    Raises:
-        UnsafeModelError: If the scan finds any; the message lists them.
-        conformance.UnreadableError: If ``path`` is not a readable SavedModel.
-    """
-    found = unsafe_ops.scan(read_saved_model(path))
-    if found:
-        listed = ", ".join(f"{op} in {where}" for op, where in found)
-        raise UnsafeModelError(
-            f"Refusing to load {path}: it has unsafe ops ({listed}). A pipeline must not run "
-            "graphs that write files on its workers; pass allow_unsafe_ops=True "
-            "(--allow_unsafe_ops) to run it anyway."
-        )
+UnsafeModelError = UnsafeOpsError  # The name this module raised before.
+OPT_IN = "If you trust it, pass allow_unsafe_ops=True to run it on the workers anyway."
 
 
 class SavedModelHandler(ModelHandler[np.ndarray, np.ndarray, Any]):
     """Run a reusable image SavedModel on batches of decoded images.
 
-    Each example is one float32 ``[height, width, 3]`` image in ``[0, 1]`` (SPEC.md's input);
+    Each example is one float32 ``[height, width, 3]`` image in ``[0, 1]`` (the contract's input);
     all images of a batch have the same size. Each inference is the model's output row for
     that image (a feature vector or logits). Wrap in ``KeyedModelHandler`` to carry keys.
 
@@ -108,10 +73,10 @@ class SavedModelHandler(ModelHandler[np.ndarray, np.ndarray, Any]):
         self.allow_unsafe_ops = allow_unsafe_ops
 
     def load_model(self):
-        """Scan the graph for unsafe ops, then load with ``tf.saved_model.load``."""
-        if not self.allow_unsafe_ops:
-            check_safe(self.model_path)
-        return tf.saved_model.load(self.model_path)
+        """Scan the graph for unsafe ops, then load it (``exporter.checking.savedmodel``)."""
+        return savedmodel.load(
+            self.model_path, allow_unsafe_ops=self.allow_unsafe_ops, opt_in=OPT_IN
+        )
 
     def run_inference(
         self,

@@ -16,26 +16,24 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 
-from exporter import spec
-from exporter.errors import ExportError
+from exporter import siblings, spec
+from exporter.checking import savedmodel
+from exporter.errors import ExportError, UnsafeOpsError
 from exporter.progress import stage
 
 RUNTIMES = ("litert", "onnx")
 QUANTIZATIONS = ("none", "float16", "dynamic_int8")
 ONNX_OPSET = 17
 INSTALL = "pip install 'exporter[convert]'"
+OPT_IN = "If you trust it, pass allow_unsafe_ops=True."
 SIDECAR_FORMAT = "exporter-conversion/1"
-_TMP_TAG = "exporter-tmp"
-_DEFAULT_SIZES = (224, 192)  # For exports that document no size range.
 _BATCHES = (1, 3)
 
 
@@ -49,10 +47,8 @@ class Bound:
 
 # float32 is exact up to reassociation; float16 weights and dynamic-range int8 change the
 # numbers by design: their bounds catch a broken conversion, not the quantization itself.
-# Measured (MobileNetV2, random weights with calibrated batch norm): float16 about 1% of the
-# scale, cosine 0.9999; dynamic_int8 about 30%, cosine 0.97 (see BUILD_NOTES.md).
+# What each mode gives, and why float32's bound is 3e-4: BUILD_NOTES.md, "Deploying".
 BOUNDS = {
-    # 1e-4 was the first bound: LiteRT's XNNPack gave a calibrated random ResNet50 1.03e-4.
     "none": Bound(max_relative=3e-4, min_cosine=0.99999),
     "float16": Bound(max_relative=0.1, min_cosine=0.999),
     "dynamic_int8": Bound(max_relative=1.0, min_cosine=0.9),
@@ -123,6 +119,7 @@ def parse_size(size: int | str | tuple[int, int] | list[int] | None) -> tuple[in
     return values[0], values[1]
 
 
+# Long: its docstring documents the public API; the body is 35 lines of stages in order.
 def convert(
     export: str | os.PathLike,
     out: str | os.PathLike,
@@ -131,6 +128,7 @@ def convert(
     quantize: str = "none",
     size: int | str | tuple[int, int] | None = None,
     overwrite: bool = False,
+    allow_unsafe_ops: bool = False,
 ) -> Conversion:
     """Convert the SavedModel ``export`` to ``to`` at ``out``, verified, or write nothing.
 
@@ -144,13 +142,18 @@ def convert(
         size: A fixed input size, ``H`` or ``(H, W)``, which mobile runtimes prefer; default
             dynamic height and width. The batch size stays free.
         overwrite: Replace existing files at ``out`` and its sidecar.
+        allow_unsafe_ops: Load and run the SavedModel even if its graph holds ops that touch
+            files, processes, the network or Python. By default such a model is refused
+            before anything of it is loaded or written.
 
     Returns:
         The conversion, with the verification figures (``summary()`` prints them).
 
     Raises:
-        ExportError: On bad arguments, a missing extra, a failed conversion, or a converted
-            model past its tolerance; nothing is written then.
+        ExportError: On bad arguments, a missing extra, an unreadable SavedModel, a failed
+            conversion, or a converted model past its tolerance; nothing is written then.
+        UnsafeOpsError: If the SavedModel holds unsafe ops and they are not allowed; it was
+            not loaded, and nothing is written.
 
     Example:
         >>> convert("exports/mobilenet_v2", "mobilenet_v2.tflite", to="litert").summary()
@@ -166,12 +169,12 @@ def convert(
     sidecar = out.with_name(out.name + ".json")
     _check_out(out, sidecar, overwrite)
     runtime = _Runtime.for_target(to)
-    source = _Source(Path(export).expanduser().absolute(), fixed)
+    source = _Source(Path(export).expanduser().absolute(), fixed, allow_unsafe_ops)
     with stage(f"convert {source.path.name} to {to} (quantize={quantize})"):
         content = runtime.convert(source, quantize)
     temporaries = []
     try:
-        model_tmp = _temporary(out, content)
+        model_tmp = siblings.file(out, content)
         temporaries.append(model_tmp)
         with stage(f"verify in {runtime.name}"):
             checks = _verify(runtime, model_tmp, source, BOUNDS[quantize])
@@ -179,7 +182,7 @@ def convert(
             runtime=runtime.name, requirement=source.requirement, sidecar=sidecar.name
         )
         facts = _sidecar(source, runtime, quantize, checks, warning)
-        temporaries.append(_temporary(sidecar, (json.dumps(facts, indent=2) + "\n").encode()))
+        temporaries.append(siblings.file(sidecar, (json.dumps(facts, indent=2) + "\n").encode()))
         os.replace(temporaries[0], out)
         os.replace(temporaries[1], sidecar)
     finally:
@@ -201,26 +204,17 @@ def _check_out(out: Path, sidecar: Path, overwrite: bool) -> None:
         raise ExportError(f"No such directory: {out.parent}.")
 
 
-def _temporary(path: Path, content: bytes) -> Path:
-    handle, name = tempfile.mkstemp(
-        prefix=f".{path.name}.{_TMP_TAG}-{os.getpid()}-", dir=path.parent
-    )
-    with os.fdopen(handle, "wb") as file:
-        file.write(content)
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(name, 0o666 & ~mask)  # mkstemp's 0600 would otherwise reach `out`.
-    return Path(name)
-
-
 class _Source:
     """The export: its serving_default, its reference __call__ and its documented facts."""
 
-    def __init__(self, path: Path, fixed: tuple[int, int] | None):
-        if not (path / spec.SAVED_MODEL_FILE).is_file():
-            raise ExportError(f"Not a SavedModel: no {spec.SAVED_MODEL_FILE} in {path}.")
+    def __init__(self, path: Path, fixed: tuple[int, int] | None, allow_unsafe_ops: bool):
         self.path = path
-        self.loaded = tf.saved_model.load(str(path))
+        try:  # Scanned before anything of it is loaded, let alone run.
+            self.loaded = savedmodel.load(path, allow_unsafe_ops=allow_unsafe_ops, opt_in=OPT_IN)
+        except UnsafeOpsError as error:
+            raise UnsafeOpsError(f"{error} Nothing was written.", error.ops) from None
+        except savedmodel.UnreadableError as error:
+            raise ExportError(str(error)) from None
         self.signature = self.loaded.signatures.get("serving_default")
         if self.signature is None:
             raise ExportError(f"{path} has no serving_default signature to convert.")
@@ -231,7 +225,7 @@ class _Source:
                 f"Received: {sorted(arguments)}."
             )
         self.input_name = next(iter(arguments))
-        self.metadata = _read_json(path / "assets.extra" / "metadata.json")
+        self.metadata = savedmodel.metadata(path)[0] or {}
         facts = self.metadata.get("input") or {}
         self.min_size = facts.get("min_size") if isinstance(facts.get("min_size"), int) else 1
         native = facts.get("native_size")
@@ -248,7 +242,7 @@ class _Source:
             self.sizes = tuple((s, s) for s in spec.probe_sizes(self.min_size, native, False))
             self.requirement = spec.size_requirement(self.min_size, None)
         else:
-            self.sizes = tuple((s, s) for s in _DEFAULT_SIZES)
+            self.sizes = tuple((s, s) for s in spec.DEFAULT_SIZES)
             self.requirement = "the height and width the model's documentation states"
 
     def function(self) -> tf.types.experimental.PolymorphicFunction:
@@ -281,14 +275,6 @@ def _check_fixed(fixed, min_size: int, fixed_size: int | None) -> None:
         raise ExportError(
             f"Expected a size of at least {min_size} (the export's min_size). Received: {fixed}."
         )
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        facts = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return facts if isinstance(facts, dict) else {}
 
 
 def _verify(runtime, model: Path, source: _Source, bound: Bound) -> list[Check]:
@@ -346,15 +332,15 @@ def _difference(actual: np.ndarray, expected: np.ndarray) -> tuple[float, float]
 
 def _sidecar(source: _Source, runtime, quantize: str, checks, warning: str) -> dict:
     facts = source.metadata
-    labels_file = source.path / "assets" / "labels.txt"
-    labels = labels_file.read_text(encoding="utf-8").splitlines() if labels_file.is_file() else None
+    labels = savedmodel.labels(source.path)
+    labels = list(labels) if labels is not None else None
     height, width = source.fixed or (None, None)
     return {
         "format": SIDECAR_FORMAT,
         "runtime": runtime.name,
         "runtime_versions": runtime.versions(),
         "quantize": quantize,
-        "source": {"path": str(source.path), "fingerprint": _fingerprint(source.path)},
+        "source": {"path": str(source.path), "fingerprint": _identity(source.path)},
         "task": facts.get("task"),
         "input": {
             "name": source.input_name,
@@ -379,23 +365,9 @@ def _sidecar(source: _Source, runtime, quantize: str, checks, warning: str) -> d
     }
 
 
-def _fingerprint(path: Path) -> dict:
-    """The SavedModel's own fingerprint where TensorFlow wrote one, and a hash of its graph."""
-    facts = {"saved_model_pb_sha256": hashlib.sha256((path / spec.SAVED_MODEL_FILE).read_bytes())}
-    facts["saved_model_pb_sha256"] = facts["saved_model_pb_sha256"].hexdigest()
-    with contextlib.suppress(Exception):  # Older SavedModels have no fingerprint.pb.
-        fingerprint = tf.saved_model.experimental.read_fingerprint(str(path))
-        facts["tensorflow"] = {
-            name: int(getattr(fingerprint, name))
-            for name in (
-                "saved_model_checksum",
-                "graph_def_program_hash",
-                "signature_def_hash",
-                "saved_object_graph_hash",
-                "checkpoint_hash",
-            )  # fmt: skip
-        }
-    return facts
+def _identity(path: Path) -> dict:
+    """The source's identity (``savedmodel.identity``), without the facts it does not have."""
+    return {k: v for k, v in savedmodel.identity(path).items() if v is not None}
 
 
 def _require(module: str, runtime: str):
@@ -424,14 +396,11 @@ class _LiteRT(_Runtime):
         self.interpreter = _require("ai_edge_litert.interpreter", "litert").Interpreter
 
     def convert(self, source: _Source, quantize: str) -> bytes:
-        if source.fixed is None:
-            converter = tf.lite.TFLiteConverter.from_saved_model(
-                str(source.path), signature_keys=["serving_default"]
-            )
-        else:
-            converter = tf.lite.TFLiteConverter.from_concrete_functions(
-                [source.function().get_concrete_function()], source.loaded
-            )
+        # From the object already loaded (and scanned), never from the directory again:
+        # from_saved_model would read the files a second time, unscanned.
+        converter = tf.lite.TFLiteConverter.from_concrete_functions(
+            [source.function().get_concrete_function()], source.loaded
+        )
         if quantize != "none":
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
         if quantize == "float16":

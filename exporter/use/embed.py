@@ -20,7 +20,6 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -31,17 +30,11 @@ from collections.abc import Sequence
 import numpy as np
 import tensorflow as tf
 
-from exporter import spec
-from exporter.checking import conformance
+from exporter.checking import savedmodel
+from exporter.errors import Error, UnsafeOpsError
 
 # First: when Beam is missing, beam_handler's ImportError names the extra to install.
-from exporter.use.beam_handler import (
-    METRICS_NAMESPACE,
-    SavedModelHandler,
-    UnsafeModelError,
-    check_safe,
-    read_saved_model,
-)
+from exporter.use.beam_handler import METRICS_NAMESPACE, OPT_IN, SavedModelHandler
 
 # isort: split
 import apache_beam as beam
@@ -59,7 +52,7 @@ ERRORS_SUFFIX = "-errors"
 _PROGRESS_SECONDS = 10.0
 
 
-class EmbedError(Exception):
+class EmbedError(Error):
     """Bad input to an embedding run; the message says what was expected and received."""
 
 
@@ -83,22 +76,9 @@ def _absolute(path: str) -> str:
 
 
 def _fingerprint(path: str) -> str:
-    try:
-        return tf.saved_model.experimental.read_fingerprint(path).singleprint()
-    except (tf.errors.NotFoundError, ValueError):
-        # SavedModels written before TF 2.12 have no fingerprint.pb.
-        with tf.io.gfile.GFile(f"{path}/saved_model.pb", "rb") as file:
-            return "sha256:" + hashlib.sha256(file.read()).hexdigest()
-
-
-def _read_json(path: str) -> dict:
-    if not tf.io.gfile.exists(path):
-        return {}
-    try:
-        facts = json.loads(tf.io.gfile.GFile(path).read())
-    except ValueError:
-        return {}
-    return facts if isinstance(facts, dict) else {}
+    """TensorFlow's fingerprint of the SavedModel, or (before TF 2.12) its graph's SHA-256."""
+    facts = savedmodel.identity(path)
+    return facts["singleprint"] or f"sha256:{facts['saved_model_pb_sha256']}"
 
 
 def describe_model(model: str, *, allow_unsafe_ops: bool = False) -> ModelFacts:
@@ -109,18 +89,15 @@ def describe_model(model: str, *, allow_unsafe_ops: bool = False) -> ModelFacts:
     """
     path = _absolute(str(model))
     try:
-        if allow_unsafe_ops:
-            read_saved_model(path)
-        else:
-            check_safe(path)
-    except (conformance.UnreadableError, UnsafeModelError) as error:
+        proto = savedmodel.read(path)
+        if not allow_unsafe_ops:
+            savedmodel.refuse_unsafe(path, proto, OPT_IN)
+        labels = savedmodel.labels(path)
+        fingerprint = _fingerprint(path)
+    except (savedmodel.UnreadableError, UnsafeOpsError, OSError, ValueError) as error:
         raise EmbedError(f"--model: {error}") from None
-    facts = _read_json(f"{path}/{spec.METADATA_FILE}")
+    facts = savedmodel.metadata(path)[0] or {}
     size = facts.get("input") or {}
-    labels_file = f"{path}/{spec.LABELS_ASSET}"
-    labels = None
-    if tf.io.gfile.exists(labels_file):
-        labels = tuple(tf.io.gfile.GFile(labels_file).read().splitlines())
     task = facts.get("task")
     classifier = task == "image_classification"
     return ModelFacts(
@@ -132,7 +109,7 @@ def describe_model(model: str, *, allow_unsafe_ops: bool = False) -> ModelFacts:
         fixed_size=bool(size.get("fixed_size")),
         labels=labels,
         activation=(facts.get("classes") or {}).get("activation") if classifier else None,
-        fingerprint=_fingerprint(path),
+        fingerprint=fingerprint,
     )
 
 

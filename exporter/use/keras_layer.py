@@ -13,8 +13,8 @@ Migrating from tensorflow_hub means changing one import::
 
 from __future__ import annotations
 
+import contextvars
 import inspect
-import json
 import os
 from pathlib import Path
 
@@ -22,12 +22,19 @@ import keras
 import tensorflow as tf
 from keras.src.saving import serialization_lib
 
-from exporter import spec
-from exporter.checking import conformance, unsafe_ops
+from exporter.checking import savedmodel
+from exporter.errors import UnsafeOpsError
 
-
-class UnsafeSavedModelError(ValueError):
-    """The SavedModel holds ops that touch files, processes, the network or Python."""
+UnsafeSavedModelError = UnsafeOpsError  # The name this module raised before.
+_OPT_IN = (
+    "If you trust it, pass allow_unsafe_ops=True, or safe_mode=False to keras.models.load_model."
+)
+_FILE_OPT_IN = (
+    "If you trust it, pass safe_mode=False to keras.models.load_model (in safe mode, a Keras "
+    "file or config cannot allow unsafe ops: the allow_unsafe_ops in it is ignored)."
+)
+# Set while from_config builds a layer from a Keras file: the error then says so.
+_FROM_FILE: contextvars.ContextVar[bool] = contextvars.ContextVar("from_file", default=False)
 
 
 def _structure(outputs):
@@ -38,18 +45,6 @@ def _structure(outputs):
 def _safe_name(variable: tf.Variable) -> str:
     # Keras variable names may not contain "/" (Keras 3.15); drop the ":0" suffix too.
     return variable.name.split(":")[0].replace("/", "_")
-
-
-def _scan(handle: str, proto, allow_unsafe_ops: bool) -> None:
-    found = unsafe_ops.scan(proto)
-    if not found or allow_unsafe_ops or serialization_lib.in_safe_mode() is False:
-        return
-    listed = "; ".join(f"{op} in {where}" for op, where in found[:10])
-    raise UnsafeSavedModelError(
-        f"Refusing to load the SavedModel at {handle}: it holds ops that touch files, "
-        f"processes, the network or Python ({len(found)} found: {listed}). If you trust it, "
-        "pass allow_unsafe_ops=True, or safe_mode=False to keras.models.load_model."
-    )
 
 
 @keras.saving.register_keras_serializable(package="exporter")
@@ -76,6 +71,8 @@ class KerasLayer(keras.layers.Layer):
         signature_outputs_as_dict: Return a signature's whole dict of outputs.
         allow_unsafe_ops: Load a SavedModel even if it holds ops that touch files,
             processes, the network or Python (found by ``exporter.checking.unsafe_ops``).
+            From a Keras file (``from_config``) this is honoured only outside Keras' safe
+            mode: ``keras.models.load_model(..., safe_mode=False)``.
         **kwargs: Passed to ``keras.layers.Layer`` (``name``, ``dtype``, ...).
 
     Raises:
@@ -110,18 +107,19 @@ class KerasLayer(keras.layers.Layer):
         self.output_key = output_key
         self.signature_outputs_as_dict = bool(signature_outputs_as_dict)
         self.allow_unsafe_ops = bool(allow_unsafe_ops)
-        try:
-            proto = conformance.read_saved_model(Path(self.handle))
-        except conformance.UnreadableError as error:
-            kind = FileNotFoundError if not Path(self.handle).exists() else ValueError
-            raise kind(f"Expected a SavedModel directory as handle. {error}") from None
-        _scan(self.handle, proto, self.allow_unsafe_ops)
         # The variables are made by the strategy in scope now (mirrored under Mirrored...).
         self._strategy = tf.distribute.get_strategy()
         self._defaults = {}
         # Scalar tensors by hparam name while an export that holds this layer is traced.
         self.hparam_overrides = None
-        self._loaded = tf.saved_model.load(self.handle)
+        allowed = self.allow_unsafe_ops or serialization_lib.in_safe_mode() is False
+        opt_in = _FILE_OPT_IN if _FROM_FILE.get() else _OPT_IN
+        try:
+            self._loaded = savedmodel.load(self.handle, allow_unsafe_ops=allowed, opt_in=opt_in)
+        except savedmodel.UnreadableError as error:
+            kind = FileNotFoundError if not Path(self.handle).exists() else ValueError
+            raise kind(f"Expected a SavedModel directory as handle. {error}") from None
+        self._metadata, _ = savedmodel.metadata(self.handle)
         self._function, self._outputs = self._find_function()
         self._check_output_key()
         self._track_restored_variables()
@@ -222,12 +220,8 @@ class KerasLayer(keras.layers.Layer):
     @property
     def input_facts(self) -> dict | None:
         """The ``input`` facts of the SavedModel's exporter metadata, if it has ours."""
-        path = Path(self.handle, spec.METADATA_FILE)
-        try:
-            facts = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return None
-        return facts.get("input") if isinstance(facts, dict) else None
+        facts = (self._metadata or {}).get("input")
+        return facts if isinstance(facts, dict) else None
 
     # -- calling ---------------------------------------------------------------------------
 
@@ -288,3 +282,22 @@ class KerasLayer(keras.layers.Layer):
             "signature_outputs_as_dict": self.signature_outputs_as_dict,
             "allow_unsafe_ops": self.allow_unsafe_ops,
         }
+
+    @classmethod
+    def from_config(cls, config: dict) -> KerasLayer:
+        """Recreate the layer from a Keras file's config.
+
+        A ``.keras`` file is data people download, so under Keras' safe mode (the default
+        of ``keras.models.load_model`` and ``keras.saving.deserialize_keras_object``)
+        nothing in it grants trust: its ``allow_unsafe_ops`` is ignored and the SavedModel
+        is scanned. Only the caller's ``safe_mode=False`` lets an unsafe SavedModel load.
+        Outside any deserialization (``keras.models.clone_model`` of a layer made in
+        code), the config is the caller's own and is honoured.
+        """
+        if serialization_lib.in_safe_mode() is not True:
+            return super().from_config(config)
+        token = _FROM_FILE.set(True)
+        try:
+            return super().from_config({**config, "allow_unsafe_ops": False})
+        finally:
+            _FROM_FILE.reset(token)

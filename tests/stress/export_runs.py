@@ -22,7 +22,8 @@ from conftest import REPO, calibrate_batch_norm, facts_images, keras_reference_f
 from tensorflow.core.protobuf import fingerprint_pb2
 
 import exporter
-from exporter.making.save import _OLD_TAG, _TMP_TAG
+from exporter.making.save import _OLD_TAG
+from exporter.siblings import TMP_TAG as _TMP_TAG
 
 # The cheapest real backbone: MobileNet (v1) exports in about 16 s of CPU, MobileNetV2 in 24.
 BACKBONE = "mobilenet"

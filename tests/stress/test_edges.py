@@ -1,6 +1,6 @@
 """Issue 12, inputs at the edges: each works and equals smaller batches, or is refused clearly.
 
-What happens at each edge is documented in the README ("Inputs at the edges").
+What happens at each edge is documented in docs/contract.md ("Inputs at the edges").
 """
 
 import json

@@ -1,4 +1,4 @@
-"""The report's PNG charts (matplotlib, optional: ``pip install 'exporter[bench]'``).
+"""The report's PNG charts (matplotlib, optional: ``pip install 'tfhub-exporter[bench]'``).
 
 Each ``plot_*`` returns whether it wrote a chart, or None when matplotlib is missing.
 """
@@ -19,7 +19,7 @@ def _pyplot():
         import matplotlib
     except ImportError:
         print(
-            "matplotlib is not installed, so no PNG charts: pip install 'exporter[bench]'",
+            "matplotlib is not installed, so no PNG charts: pip install 'tfhub-exporter[bench]'",
             file=sys.stderr,
         )
         return None

@@ -25,7 +25,7 @@ downloaded. Figures, per backbone:
   preprocessing, same head) trained natively; same batch and size.
 
 Writes ``compare-STAMP.json`` (machine, versions, every raw value), ``compare-STAMP.md`` (also
-printed) and, with ``pip install 'exporter[bench]'`` (matplotlib), a PNG of the ours / anchor
+printed) and, with ``pip install 'tfhub-exporter[bench]'`` (matplotlib), a PNG of the ours / anchor
 ratios and one of export time and peak RSS against parameter count (and export time against
 the graph's size, ``saved_model.pb``), to ``--results_dir``. Progress goes to stderr. A default
 run takes about an hour on 2 cores; ``--backbones=all`` is for a person, not CI (add

@@ -9,7 +9,7 @@ are of order 1 and the quantized conversions verify meaningfully) in float32 and
 converts the float32 export with ``exporter.use.convert`` to LiteRT (float32, float16,
 dynamic_int8) and ONNX, and times each at the given batch sizes. The anchor (1.0x) is the
 float32 SavedModel's ``__call__``; the median of ``--repeats`` calls after one warm-up.
-Needs ``pip install 'exporter[convert]'``.
+Needs ``pip install 'tfhub-exporter[convert]'``.
 """
 
 import os

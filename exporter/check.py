@@ -8,9 +8,11 @@ The graph is scanned for ops that touch files, processes, the network or Python 
 anything is loaded; such a model is refused unless --allow_unsafe_ops is given.
 
 Exit status: 0 when every rule passes (warnings allowed), 1 when any rule is violated,
-2 when the SavedModel cannot be read or on a usage error.
+2 when the SavedModel cannot be read or on a usage error. With --json, stdout is always one
+JSON object: the report, or {"path", "ok": false, "error"} when it cannot be read.
 """
 
+import json
 import sys
 
 from absl import app, flags
@@ -52,6 +54,8 @@ def main(argv: list[str]) -> int:
             argv[1], task=_TASK.value, allow_unsafe_ops=_ALLOW_UNSAFE_OPS.value
         )
     except conformance.UnreadableError as error:
+        if _JSON.value:  # A script that parses stdout gets an object, whatever happened.
+            print(json.dumps({"path": argv[1], "ok": False, "error": str(error)}, indent=2))
         print(f"error: {error}", file=sys.stderr)
         return USAGE_ERROR
     print(

@@ -71,7 +71,11 @@ def run(export: Callable[[], Path]) -> None:
     before = _identity(OUT.value)
     try:
         path = export()
-        progress.logger.info("exported to %s", path)
+        random = str(WEIGHTS.value).lower() == "none"
+        note = (
+            " (random weights: its outputs carry no meaning; for trying it out)" if random else ""
+        )
+        progress.logger.info("exported to %s%s", path, note)
         _stop_unwinding()
         _exit_now()
     except ExportError as error:

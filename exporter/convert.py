@@ -10,7 +10,7 @@ batch sizes 1 and 3 against the SavedModel, prints the measured parity, and writ
 FILE.json (admissible sizes, preprocessing, labels, the export's fingerprint) only if it is
 within the mode's tolerance. The graph is scanned for ops that touch files, processes, the
 network or Python before anything is loaded; such a model is refused unless
---allow_unsafe_ops is given. Needs: pip install 'exporter[convert]'.
+--allow_unsafe_ops is given. Needs: pip install 'tfhub-exporter[convert]'.
 """
 
 import logging as std_logging

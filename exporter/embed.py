@@ -21,7 +21,7 @@ from exporter import console
 try:
     from exporter.use.embed import DEFAULT_RUNNER, FORMATS, EmbedError, pipeline, run
 except ImportError as error:
-    if __name__ != "__main__" or "exporter[beam]" not in str(error):
+    if __name__ != "__main__" or "tfhub-exporter[beam]" not in str(error):
         raise
     sys.exit(f"error: {error}")
 

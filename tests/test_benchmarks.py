@@ -89,7 +89,7 @@ def test_report_is_written_as_json_markdown_and_charts(tmp_path, capsys):
     try:
         import matplotlib  # noqa: F401
     except ImportError:
-        assert "pip install 'exporter[bench]'" in capsys.readouterr().err
+        assert "pip install 'tfhub-exporter[bench]'" in capsys.readouterr().err
         assert set(paths) == {"json", "markdown"}
     else:
         for kind in ("ratios_png", "scaling_png"):

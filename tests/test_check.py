@@ -437,6 +437,16 @@ def test_unreadable_input_exits_two_with_one_line(tmp_path, kind):
     assert done.stdout == ""
 
 
+@pytest.mark.parametrize("kind", ["missing", "garbage"])
+def test_unreadable_input_with_json_prints_one_object(tmp_path, kind):
+    path = _unreadable(tmp_path, kind)
+    done = run_cli("check", str(path), "--json")
+    assert done.returncode == 2, done.stdout + done.stderr[-1000:]
+    parsed = json.loads(done.stdout)
+    assert parsed["ok"] is False and parsed["path"] == str(path)
+    assert parsed["error"] and parsed["error"] in done.stderr
+
+
 def test_usage_errors_exit_two():
     assert run_cli("check").returncode == 2
     assert run_cli("check", "--task=segmentation", "x").returncode == 2

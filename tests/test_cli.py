@@ -30,7 +30,12 @@ def test_feature_vector_cli_exports_and_logs_each_stage(tmp_path):
     # Quiet by default: our stage lines and the result, none of TensorFlow's own logging.
     lines = done.stderr.splitlines()
     assert lines and all(STAGE_LINE.match(line) for line in lines), done.stderr
-    assert lines[-1].endswith(f"exported to {out}"), lines[-1]
+    # --weights=none: the last line says, once, that the weights are random (issue 25).
+    assert lines[-1].endswith(f"exported to {out} (random weights: its outputs carry no "
+                              "meaning; for trying it out)"), lines[-1]  # fmt: skip
+    assert sum("random weights" in line for line in lines) == 1
+    card = (out / "assets.extra" / "model_card.md").read_text()
+    assert "- **Weights**: random initialization" in card
     obj = tf.saved_model.load(str(out))
     assert obj(tf.zeros([2, 32, 32, 3])).shape == (2, 1280)
     assert sorted(p.name for p in out.parent.iterdir()) == ["mobilenet_v2"]

@@ -21,7 +21,7 @@ import pytest
 import tensorflow as tf
 from conftest import REPO, run_cli
 
-pytest.importorskip("apache_beam", reason="pip install 'exporter[beam]'")
+pytest.importorskip("apache_beam", reason="pip install 'tfhub-exporter[beam]'")
 pa_parquet = pytest.importorskip("pyarrow.parquet")
 Image = pytest.importorskip("PIL.Image")
 
@@ -486,5 +486,5 @@ def test_core_never_imports_beam_and_the_cli_names_the_extra_without_it():
     assert "the core imported Beam" not in done.stderr
     assert done.returncode == 1
     assert done.stderr.strip().splitlines()[-1] == (
-        "error: Batch embedding needs Apache Beam: pip install 'exporter[beam]'"
+        "error: Batch embedding needs Apache Beam: pip install 'tfhub-exporter[beam]'"
     )

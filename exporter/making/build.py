@@ -229,7 +229,10 @@ def build_feature_vector(
         model = load_backbone(facts, weights, pooling if facts.norm_after_pooling else None)
         add_weight_decay([model], weight_decay)
         return FeatureVectorModule(
-            model, pooling=pooling, float32_twin=float32_twin, **_facts_arguments(facts, pooling)
+            model,
+            pooling=pooling,
+            float32_twin=float32_twin,
+            **_facts_arguments(facts, weights, pooling),
         )
 
     return with_compute_dtype(make, compute_dtype)
@@ -255,8 +258,16 @@ def with_compute_dtype(make: Callable[..., ImageModule], compute_dtype: str) -> 
     return module
 
 
-def _facts_arguments(facts: registry.Backbone, pooling: str = "avg") -> dict:
+def describe_weights(weights) -> str:
+    """What ``resolve_weights``' result is, in the card's words."""
+    if weights is None:
+        return "random"
+    return "imagenet" if weights == "imagenet" else f"file {Path(weights).name}"
+
+
+def _facts_arguments(facts: registry.Backbone, weights, pooling: str = "avg") -> dict:
     return dict(
+        weights=describe_weights(resolve_weights(weights)),
         bottleneck=facts.bottleneck(pooling),
         preprocessing=facts.preprocessing,
         min_size=facts.min_size,
@@ -309,7 +320,7 @@ def build_classifier(
 
 
 def _classifier(facts, weights, num_classes, labels, weight_decay, dropout_rate, float32_twin):
-    common = dict(labels=labels, float32_twin=float32_twin, **_facts_arguments(facts))
+    common = dict(labels=labels, float32_twin=float32_twin, **_facts_arguments(facts, weights))
     if num_classes is None:
         body, head = load_with_classifier(facts, weights, dropout_rate)
         if facts.classifier_fixed_size:

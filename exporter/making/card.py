@@ -41,7 +41,11 @@ def metadata(
     return {
         "format": FORMAT,
         "task": module.task,
-        "backbone": {"name": module.backbone_name, "source": module.source},
+        "backbone": {
+            "name": module.backbone_name,
+            "source": module.source,
+            "weights": module.weights,
+        },
         "num_features": module.num_features,
         "num_classes": module.num_classes if classifier else None,
         "classes": {
@@ -173,6 +177,7 @@ def card(facts: dict) -> str:
         "",
         f"- **Task**: {task}.",
         f"- **Backbone**: {facts['backbone']['name']}, from {facts['backbone']['source']}.",
+        *_weights_lines(facts["backbone"].get("weights")),
         f"- **Input**: float32 [batch, height, width, 3], RGB in [0, 1]; height and width {sizes}.",
         f"- **Preprocessing inside**: {facts['preprocessing']['description']} "
         f"(`{facts['preprocessing']['mode']}`).",
@@ -267,3 +272,16 @@ def write(
     facts_file.write_text(json.dumps(facts, indent=2) + "\n", encoding="utf-8")
     (directory / spec.CARD_FILE).write_text(card(facts), encoding="utf-8")
     return facts
+
+
+RANDOM_WEIGHTS = (
+    "random initialization: an export to try the pipeline with. Its outputs carry no "
+    "meaning (a deep backbone's features are close to zero, and scores near uniform)."
+)
+
+
+def _weights_lines(weights: str | None) -> list[str]:
+    if weights is None:
+        return []
+    described = {"random": RANDOM_WEIGHTS, "imagenet": "ImageNet (Keras' own)."}
+    return [f"- **Weights**: {described.get(weights, weights + '.')}"]

@@ -7,6 +7,7 @@ import tensorflow as tf
 
 # The dropout before the logits when a backbone has none of its own.
 DEFAULT_DROPOUT = 0.2
+ACTIVATIONS = ("softmax", "sigmoid")
 
 
 class HeadDropout(keras.layers.Layer):
@@ -39,10 +40,24 @@ class HeadDropout(keras.layers.Layer):
 
 def new_head(num_classes: int, dropout_rate: float = DEFAULT_DROPOUT) -> keras.Sequential:
     """A new classifier: ``HeadDropout(dropout_rate) -> Dense(num_classes)``, giving logits."""
+    if not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(
+            "Expected num_classes to be a positive int when no head is given. "
+            f"Received: num_classes={num_classes!r}."
+        )
     return keras.Sequential(
         [HeadDropout(dropout_rate, name="head_dropout"), keras.layers.Dense(num_classes)],
         name="classifier",
     )
+
+
+def check_activation(activation: str) -> None:
+    """Raise ValueError unless ``activation`` (documented, never applied) is a known one."""
+    if activation not in ACTIVATIONS:
+        raise ValueError(
+            f"Unknown activation {activation!r}; known: {', '.join(ACTIVATIONS)} (softmax "
+            "for mutually exclusive classes, sigmoid for independent ones)."
+        )
 
 
 def checked_labels(labels: list[str], num_classes: int) -> list[str]:

@@ -16,7 +16,13 @@ import keras
 import tensorflow as tf
 
 from exporter import spec
-from exporter.making.head import DEFAULT_DROPOUT, HeadDropout, checked_labels, new_head
+from exporter.making.head import (
+    DEFAULT_DROPOUT,
+    HeadDropout,
+    check_activation,
+    checked_labels,
+    new_head,
+)
 from exporter.making.hparams import call_signature, checked_hparams, hparam_defaults
 from exporter.making.layers import (
     admissible_sizes,
@@ -35,7 +41,6 @@ from exporter.making.rewrites import Rewrites
 
 LABELS_FILE = "labels.txt"  # The labels asset's name under assets/ (spec.LABELS_ASSET).
 POOLINGS = ("avg", "max")
-ACTIVATIONS = ("softmax", "sigmoid")
 
 
 class _Hidden:
@@ -61,7 +66,8 @@ class ImageModule(tf.Module):
     ``[batch, features]`` already pooled inside (and perhaps normalized after, as ConvNeXt
     does), and then ``pooling`` and ``bottleneck`` only document what it does. ``bottleneck``
     says what the features are, for the model card; default: "the <pooling>-pooled last
-    feature map".
+    feature map". ``weights`` says where the weights came from, for the card ("imagenet",
+    "random", "file NAME"; None when not known, as for your own model).
     """
 
     # tf.Module defines these as computed properties; the reusable SavedModel API needs them
@@ -84,6 +90,7 @@ class ImageModule(tf.Module):
         source: str | None = None,
         name: str | None = None,
         bottleneck: str | None = None,
+        weights: str | None = None,
         float32_twin: ImageModule | None = None,
     ):
         super().__init__(name=name)
@@ -106,6 +113,7 @@ class ImageModule(tf.Module):
         self.native_size = int(fixed_size or native_size or min_size)
         self.backbone_name = name or backbone.name
         self.source = source or f"user-supplied Keras model ({type(backbone).__name__})"
+        self.weights = weights  # "imagenet", "random", "file NAME"; None: not known.
         self.num_features = feature_width(backbone, fixed_size or max(self.min_size, 32))
         if head is not None and not head.built:
             head.build((None, self.num_features))
@@ -338,6 +346,7 @@ class FeatureVectorModule(ImageModule):
         source: str | None = None,
         name: str | None = None,
         bottleneck: str | None = None,
+        weights: str | None = None,
         float32_twin: ImageModule | None = None,
     ):
         super().__init__(
@@ -352,6 +361,7 @@ class FeatureVectorModule(ImageModule):
             source=source,
             name=name,
             bottleneck=bottleneck,
+            weights=weights,
             float32_twin=float32_twin,
         )
 
@@ -391,20 +401,11 @@ class ClassifierModule(ImageModule):
         source: str | None = None,
         name: str | None = None,
         bottleneck: str | None = None,
+        weights: str | None = None,
         float32_twin: ImageModule | None = None,
     ):
-        if activation not in ACTIVATIONS:
-            raise ValueError(
-                f"Unknown activation {activation!r}; known: {', '.join(ACTIVATIONS)} (softmax "
-                "for mutually exclusive classes, sigmoid for independent ones)."
-            )
-        if head is None:
-            if not isinstance(num_classes, int) or num_classes < 1:
-                raise ValueError(
-                    "Expected num_classes to be a positive int when no head is given. "
-                    f"Received: num_classes={num_classes!r}."
-                )
-            head = new_head(num_classes, dropout_rate)
+        check_activation(activation)
+        head = head if head is not None else new_head(num_classes, dropout_rate)
         super().__init__(
             backbone,
             task="image_classification",
@@ -418,6 +419,7 @@ class ClassifierModule(ImageModule):
             source=source,
             name=name,
             bottleneck=bottleneck,
+            weights=weights,
             float32_twin=float32_twin,
         )
         self.activation = activation

@@ -28,7 +28,9 @@ try:
     import apache_beam as beam
     from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 except ImportError as error:  # pragma: no cover - depends on the environment
-    raise ImportError("Batch embedding needs Apache Beam: pip install 'exporter[beam]'") from error
+    raise ImportError(
+        "Batch embedding needs Apache Beam: pip install 'tfhub-exporter[beam]'"
+    ) from error
 
 METRICS_NAMESPACE = "exporter.embed"
 

@@ -31,7 +31,7 @@ from exporter.progress import stage
 RUNTIMES = ("litert", "onnx")
 QUANTIZATIONS = ("none", "float16", "dynamic_int8")
 ONNX_OPSET = 17
-INSTALL = "pip install 'exporter[convert]'"
+INSTALL = "pip install 'tfhub-exporter[convert]'"
 OPT_IN = "If you trust it, pass allow_unsafe_ops=True."
 SIDECAR_FORMAT = "exporter-conversion/1"
 _BATCHES = (1, 3)

@@ -252,7 +252,9 @@ def _parquet_schema(facts: ModelFacts, top_k: int | None):
     try:
         import pyarrow as pa
     except ImportError:
-        raise EmbedError("--format=parquet needs pyarrow: pip install 'exporter[beam]'") from None
+        raise EmbedError(
+            "--format=parquet needs pyarrow: pip install 'tfhub-exporter[beam]'"
+        ) from None
     fields = [("path", pa.string()), (facts.output, pa.list_(pa.float32()))]
     if top_k:
         pair = pa.struct([("label", pa.string()), ("score", pa.float32())])

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from conftest import CORE, random_images, run_cli
+from test_unsafe_models import _Writer  # The hostile model of every unsafe-path test.
 
 import exporter
 from exporter.checking import conformance
@@ -329,17 +330,6 @@ def test_batch_independence_cannot_be_judged_through_amplified_rounding(tmp_path
 
 
 # -- safety ------------------------------------------------------------------------------
-
-
-class _Writer(tf.Module):
-    def __init__(self, target: str):
-        super().__init__()
-        self.target = target
-
-    @tf.function(input_signature=[GOOD_SPEC])
-    def __call__(self, images):
-        tf.io.write_file(self.target, "pwned")
-        return tf.reduce_mean(images, [1, 2])
 
 
 def test_unsafe_model_is_refused_before_it_runs(tmp_path):

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from conftest import REPO, run_cli
+from test_unsafe_models import _Writer  # The hostile model of every unsafe-path test.
 
 pytest.importorskip("apache_beam", reason="pip install 'tfhub-exporter[beam]'")
 pa_parquet = pytest.importorskip("pyarrow.parquet")
@@ -341,17 +342,6 @@ def test_handler_calls_the_export_and_keeps_keys(feature_vector, loaded):
     assert [key for key, _ in results] == ["k0", "k1", "k2"]
     assert all(isinstance(r, PredictionResult) for _, r in results)
     np.testing.assert_allclose(np.stack([r.inference for _, r in results]), expected, atol=1e-5)
-
-
-class _Writer(tf.Module):
-    def __init__(self, target: str):
-        super().__init__()
-        self.target = target
-
-    @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)])
-    def __call__(self, images):
-        tf.io.write_file(self.target, "pwned")
-        return tf.reduce_mean(images, [1, 2])
 
 
 def test_unsafe_model_is_refused_before_it_loads(tmp_path, corpus):

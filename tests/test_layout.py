@@ -62,6 +62,14 @@ def violations(files: list[Path], forbidden: tuple[str, ...], root: Path = PACKA
     return sorted(set(found))
 
 
+def write_sources(folder: Path, sources: dict[str, str]) -> list[Path]:
+    """Write each ``name: text`` of ``sources`` into ``folder`` (made); return the paths, sorted."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, text in sources.items():
+        (folder / name).write_text(text)
+    return sorted(folder / name for name in sources)
+
+
 def files_of(where: str) -> list[Path]:
     target = PACKAGE / where
     return sorted(target.rglob("*.py")) if target.is_dir() else [target]
@@ -77,18 +85,14 @@ def test_imports_go_one_way(rule):
 
 
 def test_the_check_sees_every_form_of_import(tmp_path):
-    side = tmp_path / "exporter" / "making"
-    side.mkdir(parents=True)
-    sources = {
+    side = write_sources(tmp_path / "exporter" / "making", {
         "a.py": "from exporter import use\n",
         "b.py": "import exporter.use.keras_layer\n",
         "c.py": "def f():\n    from exporter.use.embed import run\n",
         "d.py": "from .. import use\n",
         "e.py": "from exporter import spec, errors\nimport exporter.making.card\n",
-    }
-    for name, text in sources.items():
-        (side / name).write_text(text)
-    bad = violations(sorted(side.glob("*.py")), ("exporter.use",), root=tmp_path)
+    })  # fmt: skip
+    bad = violations(side, ("exporter.use",), root=tmp_path)
     assert sorted({entry.split(" imports ")[0] for entry in bad}) == [
         "exporter/making/a.py:1",
         "exporter/making/b.py:1",
@@ -155,19 +159,15 @@ def test_every_saved_model_load_is_the_one_way_in():
 
 
 def test_the_loader_check_sees_every_form(tmp_path):
-    package = tmp_path / "exporter"
-    package.mkdir()
-    sources = {
+    files = write_sources(tmp_path / "exporter", {
         "a.py": "import tensorflow as tf\ndef f(p):\n    return tf.saved_model.load(p)\n",
         "b.py": "from tensorflow.saved_model import load\n",
         "c.py": "import tensorflow_hub as hub\nLOAD = hub.load\n",
         "d.py": "import tensorflow as tf\ndef g(p):\n    tf.compat.v1.saved_model.loader.load(p)\n",
         "e.py": "import tensorflow as tf\ndef h(p):\n    return tf.saved_model.save(p)\n",
         "f.py": "def k(p):\n    return tf.lite.TFLiteConverter.from_saved_model(p)\n",
-    }
-    for name, text in sources.items():
-        (package / name).write_text(text)
-    assert loader_uses(sorted(package.glob("*.py")), root=tmp_path) == [
+    })  # fmt: skip
+    assert loader_uses(files, root=tmp_path) == [
         "exporter/a.py:f",
         "exporter/b.py:<module>",
         "exporter/c.py:<module>",
@@ -208,11 +208,10 @@ def test_no_long_function_without_a_reason():
 
 
 def test_the_length_check_sees_a_long_function(tmp_path):
-    package = tmp_path / "exporter"
-    package.mkdir()
     body = "".join(f"    x{i} = {i}\n" for i in range(MAX_FUNCTION_LINES))
-    (package / "a.py").write_text(f"def long():\n{body}\n\n# Long: a table.\ndef kept():\n{body}")
-    assert long_functions([package / "a.py"], root=tmp_path) == [
+    text = f"def long():\n{body}\n\n# Long: a table.\ndef kept():\n{body}"
+    files = write_sources(tmp_path / "exporter", {"a.py": text})
+    assert long_functions(files, root=tmp_path) == [
         f"exporter/a.py:1 long ({MAX_FUNCTION_LINES + 1} lines)"
     ]
 

@@ -281,5 +281,5 @@ def test_missing_extra_says_what_to_install(tmp_path, monkeypatch, missing):
             monkeypatch.delitem(sys.modules, name)
     monkeypatch.setitem(sys.modules, missing, None)  # Makes the import fail as if absent.
     to = "litert" if missing == "ai_edge_litert" else "onnx"
-    with pytest.raises(ExportError, match=r"needs \w+: pip install 'exporter\[convert\]'$"):
+    with pytest.raises(ExportError, match=r"needs \w+: pip install 'tfhub-exporter\[convert\]'$"):
         convert.convert(tmp_path, tmp_path / "model.bin", to=to)

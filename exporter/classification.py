@@ -1,9 +1,10 @@
-"""Export a registered backbone as an image classification SavedModel (logits).
+"""Export a backbone as an image classification SavedModel (logits).
 
 Usage:
-    python -m exporter.classification --backbone=resnet50 --out=DIR
+    python -m exporter.classification --backbone=resnet50|PRESET|MODEL.keras --out=DIR
         [--num_classes=N] [--labels=FILE] [--weights=imagenet|none|PATH]
         [--weight_decay=X] [--dropout_rate=R] [--overwrite]
+        [--preprocessing=MODE|SCALE,OFFSET] [--native_size=N] [--min_size=N]
         [--serving_inputs=float32,uint8,image_bytes] [--serving_size=N]
         [--compute_dtype=float32|bfloat16|float16]
 """
@@ -17,7 +18,7 @@ _NUM_CLASSES = flags.DEFINE_integer(
     "num_classes",
     None,
     "Width of a new Dense head on the pooled features. Unset: keep the backbone's own "
-    "(ImageNet) classifier, with its softmax removed.",
+    "classifier (ImageNet's, or a keras-hub task preset's), with any softmax removed.",
     lower_bound=1,
 )
 _DROPOUT_RATE = flags.DEFINE_float(
@@ -49,6 +50,7 @@ def main(argv: list[str]) -> None:
             serving_inputs=cli.SERVING_INPUTS.value,
             serving_size=cli.SERVING_SIZE.value,
             compute_dtype=cli.COMPUTE_DTYPE.value,
+            **cli.source_options(),
         )
     )
 

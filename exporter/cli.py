@@ -13,11 +13,15 @@ from absl import app, flags
 
 from exporter import console, progress
 from exporter.errors import ExportError
-from exporter.making import build, precision, registry
+from exporter.making import build, precision, preprocessing, registry
 
 BACKBONE = flags.DEFINE_string(
-    "backbone", None, "Registered backbone name, e.g. resnet50; see --list_backbones."
-)
+    "backbone", None, "What to export: a registered name, e.g. resnet50 (see "
+    "--list_backbones); a keras-hub preset (a save_to_preset folder, or a handle keras-hub "
+    "resolves: a preset name, kaggle://..., hf://...; needs the keras_hub extra); or a "
+    ".keras file of a Keras 3 model (then give --preprocessing, and --native_size unless "
+    "its input has one size).",
+)  # fmt: skip
 OUT = flags.DEFINE_string(
     "out", None, "SavedModel directory to write (must not exist, or be empty, unless --overwrite)."
 )
@@ -41,8 +45,26 @@ SERVING_SIZE = flags.DEFINE_integer(
 COMPUTE_DTYPE = flags.DEFINE_enum(
     "compute_dtype", "float32", list(precision.COMPUTE_DTYPES), f"{precision.HELP}."
 )
+PREPROCESSING = flags.DEFINE_string(
+    "preprocessing", None, "For a .keras file (required) or a keras-hub preset (default: its "
+    f"image converter): how [0, 1] pixels become the model's input. One of "
+    f"{', '.join(preprocessing.MODES)}, or SCALE,OFFSET applied to 0..255 pixels (each a "
+    "number, or R:G:B), e.g. 0.00784,-1.",
+)  # fmt: skip
+NATIVE_SIZE = flags.DEFINE_integer(
+    "native_size", None, "For a .keras file or a keras-hub preset: the height and width it "
+    "was trained at (default: the preset's image size, or the file's one input size).",
+    lower_bound=1,
+)  # fmt: skip
+MIN_SIZE = flags.DEFINE_integer(
+    "min_size", None, "For a .keras file or a keras-hub preset with a free input size: the "
+    "smallest height and width the export accepts (default 32).", lower_bound=1,
+)  # fmt: skip
 # The Python arguments that library messages may name, which both export CLIs have as flags.
-_FLAG_NAMES = ("out", "weights", "overwrite", "compute_dtype")
+_FLAG_NAMES = (
+    "out", "weights", "overwrite", "compute_dtype", "preprocessing", "native_size", "min_size",
+    "num_classes",
+)  # fmt: skip
 LIST_BACKBONES = flags.DEFINE_bool(
     "list_backbones", False, "Print every registered backbone with its facts, then exit."
 )
@@ -124,6 +146,17 @@ def start(main: Callable[[list[str]], None]) -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, _interrupt)
     app.run(main)
+
+
+def source_options() -> dict:
+    """``--preprocessing``, ``--native_size`` and ``--min_size`` as export_* arguments."""
+    mode = PREPROCESSING.value
+    if mode is not None:
+        try:
+            mode = preprocessing.parse_mode(mode)
+        except ValueError as error:
+            raise ExportError(str(error).replace("preprocessing", "--preprocessing", 1)) from None
+    return dict(preprocessing=mode, native_size=NATIVE_SIZE.value, min_size=MIN_SIZE.value)
 
 
 def no_positional_arguments(argv: list[str]) -> None:

@@ -1,8 +1,9 @@
-"""Export a registered backbone as an image feature vector SavedModel.
+"""Export a backbone as an image feature vector SavedModel.
 
 Usage:
-    python -m exporter.feature_vector --backbone=resnet50 --out=DIR
-        [--weights=imagenet|none|PATH] [--pooling=avg|max] [--weight_decay=X] [--overwrite]
+    python -m exporter.feature_vector --backbone=resnet50|PRESET|MODEL.keras --out=DIR
+        [--weights=imagenet|none|PATH] [--pooling=avg|max|token|gap] [--weight_decay=X]
+        [--overwrite] [--preprocessing=MODE|SCALE,OFFSET] [--native_size=N] [--min_size=N]
         [--serving_inputs=float32,uint8,image_bytes] [--serving_size=N]
         [--compute_dtype=float32|bfloat16|float16]
 """
@@ -13,8 +14,10 @@ from exporter import cli
 from exporter.making.export import export_feature_vector
 
 _POOLING = flags.DEFINE_enum(
-    "pooling", "avg", ["avg", "max"], "Global pooling of the last feature map."
-)
+    "pooling", None, ["avg", "max", "token", "gap"], "Global pooling of the last feature map "
+    "(avg, max); for a keras-hub token model (ViT, DeiT) token (its class token) or gap (the "
+    "mean of its tokens). Default: avg, or a keras-hub preset's classifier's own.",
+)  # fmt: skip
 
 
 def main(argv: list[str]) -> None:
@@ -30,6 +33,7 @@ def main(argv: list[str]) -> None:
             serving_inputs=cli.SERVING_INPUTS.value,
             serving_size=cli.SERVING_SIZE.value,
             compute_dtype=cli.COMPUTE_DTYPE.value,
+            **cli.source_options(),
         )
     )
 

@@ -97,7 +97,8 @@ def _failure_cases(tmp_path: Path, weights_file) -> dict:
         "bad flag": (["--backbone=resnet50", out, "--pooling=mean"], "pooling"),
         "unknown flag": (["--backbone=resnet50", out, "--colour=red"], "colour"),
         "unknown backbone": (["--backbone=resnet5", out, "--weights=none"],
-                             "Unknown backbone 'resnet5'; known: convnext_base, convnext_large"),
+                             "Unknown backbone 'resnet5': expected a registered name "
+                             "(convnext_base, convnext_large"),
         "missing weights": (["--backbone=resnet50", out, f"--weights={tmp_path}/no.weights.h5"],
                             "Weights file not found"),
         "weights of another architecture": (["--backbone=resnet50", out, f"--weights={wrong}"],

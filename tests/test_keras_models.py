@@ -9,7 +9,7 @@ import tensorflow as tf
 from conftest import random_images
 
 import exporter
-from exporter.making.build import KERNELS, add_weight_decay
+from exporter.making.layers import KERNELS, add_weight_decay
 
 
 def _l2(weights, factor):

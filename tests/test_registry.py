@@ -38,7 +38,9 @@ def test_every_keras_applications_image_backbone_is_registered():
 
 def test_unknown_name_lists_known_ones():
     with pytest.raises(
-        exporter.ExportError, match=r"Unknown backbone 'resnet5'; known: .*resnet50"
+        exporter.ExportError,
+        match=r"Unknown backbone 'resnet5': expected a registered name \(.*resnet50.*\), a "
+        r"keras-hub preset folder or handle, or a \.keras file\.$",
     ):
         exporter.get_backbone("resnet5")
 

@@ -1,4 +1,5 @@
-"""Registered backbone + weights + head -> an exportable module."""
+"""Backbone + weights + head -> an exportable module (registered backbones here; keras-hub
+presets and ``.keras`` files through ``external``)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,11 @@ from pathlib import Path
 import keras
 
 from exporter.errors import ExportError
-from exporter.making import precision, registry
+from exporter.making import external, precision, registry
 from exporter.making.head import DEFAULT_DROPOUT, HeadDropout, new_head
+from exporter.making.layers import add_weight_decay
 from exporter.making.module import POOLINGS, ClassifierModule, FeatureVectorModule, ImageModule
+from exporter.making.preprocessing import Mode
 from exporter.progress import stage
 
 WEIGHT_SUFFIXES = (".weights.h5", ".keras")
@@ -180,47 +183,47 @@ def imagenet_labels() -> list[str]:
     return text.splitlines()
 
 
-KERNELS = ("kernel", "depthwise_kernel", "pointwise_kernel")
-
-
-def add_weight_decay(layers, weight_decay: float) -> None:
-    """Attach an L2 regularizer of ``weight_decay`` to every kernel that has none yet.
-
-    Regularizers a model already has are kept. The penalty is ``weight_decay *
-    sum(kernel ** 2)`` (``keras.regularizers.L2``), added to the loss as it is.
-    """
-    if weight_decay < 0:
-        raise ExportError(f"Expected weight_decay >= 0. Received: {weight_decay}.")
-    if not weight_decay:
-        return
-    for layer in layers:
-        for variable in layer.trainable_variables:
-            if variable.name in KERNELS and getattr(variable, "regularizer", None) is None:
-                variable.regularizer = keras.regularizers.L2(weight_decay)
-
-
 def build_feature_vector(
-    backbone: str | registry.Backbone,
+    backbone: str | os.PathLike | registry.Backbone,
     *,
     weights: str | os.PathLike | None = "imagenet",
-    pooling: str = "avg",
+    pooling: str | None = None,
     weight_decay: float = 0.0,
     compute_dtype: str = "float32",
+    preprocessing: Mode | None = None,
+    native_size: int | None = None,
+    min_size: int | None = None,
 ) -> FeatureVectorModule:
-    """Build the image feature vector module of a registered backbone.
+    """Build the image feature vector module of a backbone.
 
     Args:
-        backbone: A registered name (see ``exporter.list_backbones()``) or fact sheet.
+        backbone: A registered name (see ``exporter.list_backbones()``) or fact sheet; a
+            keras-hub preset (a ``save_to_preset`` folder, or a handle keras-hub resolves);
+            or a ``.keras`` file of a Keras 3 model.
         weights: ``'imagenet'``, ``'none'``/``None``, or a ``.weights.h5``/``.keras`` path.
-        pooling: ``'avg'`` or ``'max'`` over the last feature map.
+            For a preset: its own (``'imagenet'`` or ``'preset'``), or ``'none'``.
+        pooling: ``'avg'`` (the default) or ``'max'`` over the last feature map; for a
+            preset also ``'token'`` or ``'gap'`` (default: its classifier's own).
         weight_decay: L2 penalty on every kernel, exposed as ``regularization_losses``.
         compute_dtype: ``float32``, ``bfloat16`` or ``float16``; see ``with_compute_dtype``.
+        preprocessing: For a ``.keras`` file (required) or a preset (default: its image
+            converter): a named mode, or an ``Affine``.
+        native_size: For a ``.keras`` file with a free input size (required) or a preset.
+        min_size: For a ``.keras`` file or a preset (default 32).
 
     Example:
         >>> module = build_feature_vector("mobilenet_v2", weights=None)
         >>> module.num_features
         1280
     """
+    elsewhere = external.build(
+        "feature_vector", backbone, weights=weights, pooling=pooling,
+        weight_decay=weight_decay, compute_dtype=compute_dtype, preprocessing=preprocessing,
+        native_size=native_size, min_size=min_size,
+    )  # fmt: skip
+    if elsewhere is not None:
+        return elsewhere
+    pooling = pooling or "avg"
     facts = registry.resolve(backbone)
 
     def make(float32_twin=None):
@@ -279,7 +282,7 @@ def _facts_arguments(facts: registry.Backbone, weights, pooling: str = "avg") ->
 
 
 def build_classifier(
-    backbone: str | registry.Backbone,
+    backbone: str | os.PathLike | registry.Backbone,
     *,
     weights: str | os.PathLike | None = "imagenet",
     num_classes: int | None = None,
@@ -287,11 +290,15 @@ def build_classifier(
     weight_decay: float = 0.0,
     dropout_rate: float | None = None,
     compute_dtype: str = "float32",
+    preprocessing: Mode | None = None,
+    native_size: int | None = None,
+    min_size: int | None = None,
 ) -> ClassifierModule:
-    """Build the image classification module of a registered backbone.
+    """Build the image classification module of a backbone.
 
     Args:
-        backbone: A registered name (see ``exporter.list_backbones()``) or fact sheet.
+        backbone: A registered name or fact sheet, a keras-hub preset, or a ``.keras`` file
+            (see ``build_feature_vector``).
         weights: ``'imagenet'``, ``'none'``/``None``, or a ``.weights.h5``/``.keras`` path.
         num_classes: ``None`` keeps the backbone's own classifier (ImageNet's 1000 classes)
             as logits; a number puts a new Dense head of that width on the pooled features.
@@ -302,12 +309,23 @@ def build_classifier(
             the logits layer (active only with ``training=True``). ``None``: the
             backbone's own top dropout, or 0.2.
         compute_dtype: ``float32``, ``bfloat16`` or ``float16``; see ``with_compute_dtype``.
+        preprocessing: As for ``build_feature_vector``; so are ``native_size``, ``min_size``.
+
+    A task preset keeps its own classifier (logits) unless ``num_classes`` is given; a
+    backbone preset or a ``.keras`` file needs ``num_classes``.
 
     Example:
         >>> module = build_classifier("mobilenet_v2", weights=None, num_classes=5)
         >>> module.num_classes
         5
     """
+    elsewhere = external.build(
+        "classifier", backbone, weights=weights, num_classes=num_classes, labels=labels,
+        weight_decay=weight_decay, dropout_rate=dropout_rate, compute_dtype=compute_dtype,
+        preprocessing=preprocessing, native_size=native_size, min_size=min_size,
+    )  # fmt: skip
+    if elsewhere is not None:
+        return elsewhere
     facts = registry.resolve(backbone)
     if labels is None and num_classes is None:
         labels = imagenet_labels()  # Its own classifier: ImageNet's 1000 classes.

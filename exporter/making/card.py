@@ -69,8 +69,13 @@ def metadata(
             "fixed_size": module.fixed_size is not None,
         },
         "preprocessing": {
-            "mode": module.preprocessing,
-            "description": preprocessing.DESCRIPTIONS[module.preprocessing],
+            "mode": preprocessing.name(module.preprocessing),
+            "description": preprocessing.describe(module.preprocessing),
+            **(
+                module.preprocessing.facts()
+                if isinstance(module.preprocessing, preprocessing.Affine)
+                else {}
+            ),
         },
         "pooling": module.pooling,
         "bottleneck": module.bottleneck,

@@ -6,8 +6,9 @@ import os
 from pathlib import Path
 
 from exporter.errors import ExportError
-from exporter.making import precision, registry, serving
+from exporter.making import external, precision, registry, serving
 from exporter.making.build import build_classifier, build_feature_vector
+from exporter.making.preprocessing import Mode
 from exporter.making.save import check_destination, save
 
 
@@ -30,36 +31,48 @@ def read_labels(path: str | os.PathLike) -> list[str]:
 
 
 def export_feature_vector(
-    backbone: str,
+    backbone: str | os.PathLike,
     out: str | os.PathLike,
     *,
     weights: str | os.PathLike | None = "imagenet",
-    pooling: str = "avg",
+    pooling: str | None = None,
     weight_decay: float = 0.0,
     overwrite: bool = False,
     serving_inputs: str | list[str] | None = None,
     serving_size: int | None = None,
     compute_dtype: str = "float32",
+    preprocessing: Mode | None = None,
+    native_size: int | None = None,
+    min_size: int | None = None,
 ) -> Path:
-    """Export a registered backbone as an image feature vector SavedModel.
+    """Export a backbone as an image feature vector SavedModel.
 
-    ``serving_inputs`` and ``serving_size`` are ``exporter.save``'s; ``compute_dtype`` is
-    ``build_feature_vector``'s.
+    ``backbone`` is a registered name, a keras-hub preset (folder or handle) or a
+    ``.keras`` file. ``serving_inputs`` and ``serving_size`` are ``exporter.save``'s; the
+    other arguments are ``build_feature_vector``'s.
 
     Example:
         >>> export_feature_vector("mobilenet_v2", "/tmp/fv", weights="none")
         PosixPath('/tmp/fv')
     """
     check_destination(out, overwrite)
-    facts = registry.get(backbone)  # Resolved once; the fact sheet is passed on.
+    backbone = _resolved(backbone)  # Resolved once; a fact sheet is passed on.
     _check_serving(serving_inputs, compute_dtype)
     module = build_feature_vector(
-        facts, weights=weights, pooling=pooling, weight_decay=weight_decay,
-        compute_dtype=compute_dtype,
+        backbone, weights=weights, pooling=pooling, weight_decay=weight_decay,
+        compute_dtype=compute_dtype, preprocessing=preprocessing, native_size=native_size,
+        min_size=min_size,
     )  # fmt: skip
     return save(
         module, out, overwrite=overwrite, serving_inputs=serving_inputs, serving_size=serving_size
     )
+
+
+def _resolved(backbone):
+    """A registered name's fact sheet; a preset or ``.keras`` file as given."""
+    if external.kind(backbone) == external.REGISTERED:
+        return registry.resolve(backbone)
+    return os.fspath(backbone)
 
 
 def _check_serving(serving_inputs, compute_dtype: str) -> None:
@@ -69,7 +82,7 @@ def _check_serving(serving_inputs, compute_dtype: str) -> None:
 
 
 def export_classifier(
-    backbone: str,
+    backbone: str | os.PathLike,
     out: str | os.PathLike,
     *,
     weights: str | os.PathLike | None = "imagenet",
@@ -81,8 +94,15 @@ def export_classifier(
     serving_inputs: str | list[str] | None = None,
     serving_size: int | None = None,
     compute_dtype: str = "float32",
+    preprocessing: Mode | None = None,
+    native_size: int | None = None,
+    min_size: int | None = None,
 ) -> Path:
-    """Export a registered backbone as an image classification SavedModel (logits).
+    """Export a backbone as an image classification SavedModel (logits).
+
+    ``backbone`` is a registered name, a keras-hub preset or a ``.keras`` file
+    (``build_classifier`` says what each gives); ``preprocessing``, ``native_size`` and
+    ``min_size`` are ``build_classifier``'s.
 
     Args:
         labels: A list of class names, or the path of a file with one per line.
@@ -97,23 +117,25 @@ def export_classifier(
         PosixPath('/tmp/cls')
     """
     check_destination(out, overwrite)
-    facts = registry.get(backbone)
+    backbone = _resolved(backbone)
     if num_classes is not None and (not isinstance(num_classes, int) or num_classes < 1):
         raise ExportError(f"Expected num_classes to be a positive int. Received: {num_classes!r}.")
     if labels is not None and not isinstance(labels, list):
         labels = read_labels(labels)
-    expected = num_classes or facts.num_classes
-    if labels is not None and len(labels) != expected:
-        raise ExportError(
-            f"Expected one label per class ({expected} for {backbone}). "
-            f"Received {len(labels)} labels."
-        )
+    if isinstance(backbone, registry.Backbone):
+        expected = num_classes or backbone.num_classes
+        if labels is not None and len(labels) != expected:
+            raise ExportError(
+                f"Expected one label per class ({expected} for {backbone.name}). "
+                f"Received {len(labels)} labels."
+            )
     if dropout_rate is not None and not 0.0 <= dropout_rate < 1.0:
         raise ExportError(f"Expected dropout_rate in [0, 1). Received: {dropout_rate!r}.")
     _check_serving(serving_inputs, compute_dtype)
     module = build_classifier(
-        facts, weights=weights, num_classes=num_classes, labels=labels,
+        backbone, weights=weights, num_classes=num_classes, labels=labels,
         weight_decay=weight_decay, dropout_rate=dropout_rate, compute_dtype=compute_dtype,
+        preprocessing=preprocessing, native_size=native_size, min_size=min_size,
     )  # fmt: skip
     return save(
         module, out, overwrite=overwrite, serving_inputs=serving_inputs, serving_size=serving_size

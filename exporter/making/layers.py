@@ -14,6 +14,7 @@ import keras
 import tensorflow as tf
 
 from exporter import spec
+from exporter.errors import ExportError
 
 
 @runtime_checkable
@@ -218,3 +219,22 @@ def admissible_sizes(backbone, nested, min_size: int, fixed_size, native_size):
     if fixed_size is not None:
         min_size = fixed_size
     return min_size, fixed_size, native_size
+
+
+KERNELS = ("kernel", "depthwise_kernel", "pointwise_kernel")
+
+
+def add_weight_decay(layers, weight_decay: float) -> None:
+    """Attach an L2 regularizer of ``weight_decay`` to every kernel that has none yet.
+
+    Regularizers a model already has are kept. The penalty is ``weight_decay *
+    sum(kernel ** 2)`` (``keras.regularizers.L2``), added to the loss as it is.
+    """
+    if weight_decay < 0:
+        raise ExportError(f"Expected weight_decay >= 0. Received: {weight_decay}.")
+    if not weight_decay:
+        return
+    for layer in layers:
+        for variable in layer.trainable_variables:
+            if variable.name in KERNELS and getattr(variable, "regularizer", None) is None:
+                variable.regularizer = keras.regularizers.L2(weight_decay)

@@ -36,11 +36,13 @@ from exporter.making.layers import (
     tf_variable,
     unique,
 )
-from exporter.making.preprocessing import check_mode, preprocess
+from exporter.making.preprocessing import Mode, check_mode, preprocess
 from exporter.making.rewrites import Rewrites
 
 LABELS_FILE = "labels.txt"  # The labels asset's name under assets/ (spec.LABELS_ASSET).
-POOLINGS = ("avg", "max")
+POOLINGS = ("avg", "max")  # Of a feature map, here.
+# Of a backbone that pools inside (a keras-hub classifier's body): documented, not applied.
+POOLED_INSIDE = ("token", "gap", "flatten")
 
 
 class _Hidden:
@@ -81,7 +83,7 @@ class ImageModule(tf.Module):
         *,
         task: str,
         output_name: str,
-        preprocessing: str,
+        preprocessing: Mode,
         pooling: str = "avg",
         head: keras.Layer | None = None,
         min_size: int = 32,
@@ -95,8 +97,9 @@ class ImageModule(tf.Module):
     ):
         super().__init__(name=name)
         check_backbone(backbone)
-        if pooling not in POOLINGS:
-            raise ValueError(f"Unknown pooling {pooling!r}; known: {', '.join(POOLINGS)}.")
+        if pooling not in POOLINGS + POOLED_INSIDE:
+            known = ", ".join(POOLINGS + POOLED_INSIDE)
+            raise ValueError(f"Unknown pooling {pooling!r}; known: {known}.")
         layers = [backbone] + ([head] if head is not None else [])
         nested = nested_exports(layers)
         min_size, fixed_size, native_size = admissible_sizes(
@@ -104,7 +107,7 @@ class ImageModule(tf.Module):
         )
         self.task = task
         self.output_name = output_name
-        self.preprocessing = check_mode(preprocessing)
+        self.preprocessing = check_mode(preprocessing)  # A named mode, or an Affine.
         self.pooling = pooling
         # What the pooled features are, for the model card (a backbone may pool inside).
         self.bottleneck = bottleneck or f"the {pooling}-pooled last feature map"
@@ -259,9 +262,13 @@ class ImageModule(tf.Module):
         if training:
             checks += spec.check_training_images(images)
         with tf.control_dependencies([*checks, *also]):
+            # A fixed size is known once checked: some backbones reshape with it (MiT, Swin).
+            shape = spec.IMAGE_SPEC.shape
+            if self.fixed_size:
+                shape = tf.TensorShape([None, self.fixed_size, self.fixed_size, 3])
             if forget_size:
-                return tf.raw_ops.PlaceholderWithDefault(input=images, shape=spec.IMAGE_SPEC.shape)
-            return tf.identity(images)
+                return tf.raw_ops.PlaceholderWithDefault(input=images, shape=shape)
+            return tf.ensure_shape(images, shape) if self.fixed_size else tf.identity(images)
 
     def _forward(self, images, *, training: bool, forget_size: bool, hparams=None):
         images = self._checked_images(images, training, forget_size=forget_size)
@@ -279,6 +286,11 @@ class ImageModule(tf.Module):
             with tf.name_scope("backbone"):
                 features = self._held.backbone(inputs, training=training)
             if features.shape.rank == 4:
+                if self.pooling not in POOLINGS:
+                    raise ValueError(
+                        f"Expected pooling {' or '.join(POOLINGS)} for a backbone that outputs "
+                        f"a feature map. Received: pooling={self.pooling!r}."
+                    )
                 reduce = tf.reduce_mean if self.pooling == "avg" else tf.reduce_max
                 features = reduce(features, axis=[1, 2])
             outputs = tf.cast(features, tf.float32)
@@ -338,7 +350,7 @@ class FeatureVectorModule(ImageModule):
         self,
         backbone: keras.Model,
         *,
-        preprocessing: str,
+        preprocessing: Mode,
         pooling: str = "avg",
         min_size: int = 32,
         fixed_size: int | None = None,
@@ -388,7 +400,7 @@ class ClassifierModule(ImageModule):
         self,
         backbone: keras.Model,
         *,
-        preprocessing: str,
+        preprocessing: Mode,
         num_classes: int | None = None,
         head: keras.Layer | None = None,
         dropout_rate: float = DEFAULT_DROPOUT,

@@ -85,7 +85,10 @@ def get(name: str) -> Backbone:
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise ExportError(f"Unknown backbone {name!r}; known: {', '.join(names())}.") from None
+        raise ExportError(
+            f"Unknown backbone {name!r}: expected a registered name ({', '.join(names())}), "
+            "a keras-hub preset folder or handle, or a .keras file."
+        ) from None
 
 
 def resolve(backbone: str | Backbone) -> Backbone:

@@ -1,0 +1,280 @@
+"""keras-hub presets as backbones: a preset folder or handle -> body, head and facts.
+
+A keras-hub ``ImageClassifier`` is a functional model: backbone, then pooling (and, in some
+families, more layers such as ViT's ``pre_logits`` or VGG's ``fc1``/``fc2``), dropout, and
+one Dense layer of logits. The feature vector is what feeds that Dense layer (before the
+dropout): the family's own bottleneck. For a backbone preset, the family's default
+classifier is built around it to find that bottleneck; its random logits layer is dropped.
+
+The preset's image converter (resize, then ``x * scale + offset`` on 0..255) becomes an
+``Affine`` preprocessing; resizing stays the consumer's, as the image API says.
+
+keras-hub is an extra (``INSTALL``), imported only here, when a preset is exported.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.metadata
+from pathlib import Path
+
+import keras
+
+from exporter.errors import ExportError
+from exporter.making.head import HeadDropout
+from exporter.making.preprocessing import Affine
+from exporter.progress import stage
+
+INSTALL = "pip install 'tfhub-exporter[keras_hub]'"
+TASK_FILE = "task.json"  # What keras-hub's save_to_preset writes for a task (not a backbone).
+
+# keras-hub image backbones without an ImageClassifier: why each is not exported (yet).
+REFUSED = {
+    "DINOV2Backbone": "a vision encoder without an image classifier in keras-hub; "
+    "its feature vector is not supported yet",
+    "DINOV3Backbone": "a vision encoder without an image classifier in keras-hub; "
+    "its feature vector is not supported yet",
+    "CLIPBackbone": "an image-text model (its vision tower needs its own wrapping); "
+    "not supported yet",
+    "SigLIPBackbone": "an image-text model (its vision tower needs its own wrapping); "
+    "not supported yet",
+    "MetaCLIP2Backbone": "an image-text model (its vision tower needs its own wrapping); "
+    "not supported yet",
+}
+
+# What a classifier's pooling takes from the backbone's output, for the model card.
+_POOLING_WORDS = {
+    "avg": "the average-pooled last feature map",
+    "max": "the max-pooled last feature map",
+    "token": "the class token (position 0) of the backbone's output sequence",
+    "gap": "the mean of the backbone's output over every position",
+    "flatten": "the flattened last feature map",
+}
+# What a token model's other tokens get, said in the card (family -> words).
+_OTHER_TOKENS = {
+    "DeiT": "the distillation token (position 1) is not used",
+}
+
+
+def import_keras_hub():
+    """``keras_hub``, or an ExportError that says how to install it."""
+    try:
+        import keras_hub
+    except ImportError as error:
+        raise ExportError(
+            f"Exporting a keras-hub preset needs keras-hub ({error}): {INSTALL}"
+        ) from None
+    return keras_hub
+
+
+def version() -> str:
+    try:
+        return importlib.metadata.version("keras-hub")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def looks_like_preset(handle: str) -> bool:
+    """Whether ``handle`` names a preset without asking keras-hub: a folder, or ``scheme://``."""
+    return "://" in handle or Path(handle).expanduser().is_dir()
+
+
+def is_preset_name(handle: str) -> bool:
+    """Whether keras-hub (when installed) knows ``handle`` as one of its preset names."""
+    try:
+        import keras_hub
+    except ImportError:
+        return False
+    return handle in keras_hub.models.Backbone.presets
+
+
+@dataclasses.dataclass
+class Preset:
+    """A keras-hub preset, split the way the export needs it.
+
+    Attributes:
+        handle: As given: a folder, or a handle keras-hub resolves.
+        family: The architecture, e.g. ``"ViT"`` (its backbone class, less ``Backbone``).
+        body: From images (as the backbone takes them) to the bottleneck, shared weights.
+        predictions: The classifier's logits layer (random for a backbone preset).
+        dropout_rate: The classifier's dropout before its logits layer.
+        own_classifier: Whether the preset holds a trained classifier (a task preset).
+        preprocessing: Its image converter as an ``Affine``; None when it has none.
+        image_size: The converter's (or the backbone's declared) height and width, or None.
+        pooling: The classifier's pooling (``avg``, ``max``, ``token``, ``gap``, ``flatten``).
+        bottleneck: What the feature vector is, in the card's words.
+    """
+
+    handle: str
+    family: str
+    body: keras.Model
+    predictions: keras.layers.Layer
+    dropout_rate: float
+    own_classifier: bool
+    preprocessing: Affine | None
+    image_size: int | None
+    pooling: str
+    bottleneck: str
+
+    @property
+    def name(self) -> str:
+        return Path(self.handle.rstrip("/")).name or self.handle
+
+    @property
+    def source(self) -> str:
+        return f"keras-hub {version()} preset {self.handle} ({self.family})"
+
+    def head(self, dropout_rate: float | None = None) -> keras.Sequential:
+        """The classifier's own head: ``HeadDropout`` then its logits layer (shared)."""
+        rate = self.dropout_rate if dropout_rate is None else dropout_rate
+        return keras.Sequential(
+            [HeadDropout(rate, name="head_dropout"), self.predictions], name="classifier"
+        )
+
+
+def load(handle: str, *, weights: bool = True, pooling: str | None = None) -> Preset:
+    """Load the preset at ``handle`` and cut its classifier at the logits layer.
+
+    Args:
+        handle: A preset folder (``save_to_preset``'s), or a handle keras-hub resolves.
+        weights: False builds it with random weights (``load_weights=False``).
+        pooling: None keeps the preset's (or the family's default) classifier; a pooling
+            builds the family's classifier with it around the preset's backbone.
+
+    Raises:
+        ExportError: If it cannot be read or fetched, or is not an image classifier family.
+    """
+    keras_hub = import_keras_hub()
+    from keras_hub.src.utils import preset_utils  # Tells a task preset from a backbone one.
+
+    try:
+        loader = preset_utils.get_preset_loader(handle)
+        backbone_class = loader.check_backbone_class()
+        has_task = preset_utils.check_file_exists(handle, TASK_FILE)
+    except Exception as error:  # Offline, missing, or not a preset: keras-hub's words.
+        raise ExportError(
+            f"Could not read keras-hub preset {handle!r}: {_first_line(error)}"
+        ) from None
+    task_class = _classifier_class(keras_hub, backbone_class)
+    name = backbone_class.__name__
+    if task_class is None:
+        why = REFUSED.get(name, "not an image backbone with a keras-hub ImageClassifier")
+        raise ExportError(f"Cannot export keras-hub preset {handle!r} ({name}): {why}.")
+    options = {} if pooling is None else {"pooling": pooling}
+    try:
+        with stage(f"load keras-hub preset {handle} ({task_class.__name__})"):
+            if has_task and not options:
+                task = task_class.from_preset(handle, load_weights=weights)
+            else:
+                task = task_class.from_preset(
+                    handle, num_classes=1, load_weights=weights, **options
+                )
+    except Exception as error:
+        raise ExportError(
+            f"Could not build keras-hub preset {handle!r} as {task_class.__name__}"
+            f"{f' with pooling={pooling!r}' if pooling else ''}: {_first_line(error)}"
+        ) from error
+    family = name.removesuffix("Backbone")
+    body, predictions, rate = _cut(task, handle)
+    task_pooling = str(getattr(task, "pooling", None) or "avg")
+    return Preset(
+        handle=handle,
+        family=family,
+        body=body,
+        predictions=predictions,
+        dropout_rate=rate,
+        own_classifier=has_task and not options,
+        preprocessing=_affine(task, keras_hub, handle),
+        image_size=_image_size(task),
+        pooling=task_pooling,
+        bottleneck=_bottleneck(task, body, family, task_pooling),
+    )
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _classifier_class(keras_hub, backbone_class):
+    """The ``ImageClassifier`` subclass keras-hub pairs with ``backbone_class``, or None."""
+    found = [
+        cls
+        for cls in _subclasses(keras_hub.models.ImageClassifier)
+        if getattr(cls, "backbone_cls", None) is backbone_class
+    ]
+    return found[0] if found else None
+
+
+def _subclasses(cls) -> list:
+    every = []
+    for sub in cls.__subclasses__():
+        every += [sub, *_subclasses(sub)]
+    return every
+
+
+def _cut(task: keras.Model, handle: str) -> tuple[keras.Model, keras.layers.Layer, float]:
+    """``(body, logits layer, dropout rate)``: the task up to what feeds its logits layer."""
+    if len(task.outputs) != 1:
+        raise ExportError(f"Expected keras-hub preset {handle!r} to have one output (logits).")
+    predictions = task.outputs[0]._keras_history.operation
+    if not isinstance(predictions, keras.layers.Dense):
+        raise ExportError(
+            f"Expected keras-hub preset {handle!r} to end in a Dense logits layer. "
+            f"Received: {type(predictions).__name__} {predictions.name!r}."
+        )
+    activation = getattr(predictions.activation, "__name__", "linear")
+    if activation != "linear":
+        raise ExportError(
+            f"Expected keras-hub preset {handle!r}'s classifier to output logits "
+            f"(activation=None). Received activation {activation!r}."
+        )
+    features, rates = predictions.input, []
+    while isinstance(features._keras_history.operation, keras.layers.Dropout):
+        dropout = features._keras_history.operation
+        rates.append(float(dropout.rate))
+        features = dropout.input
+    body = keras.Model(task.inputs, features, name=f"{task.name}_body")
+    return body, predictions, rates[0] if rates else 0.0
+
+
+def _affine(task, keras_hub, handle: str) -> Affine | None:
+    """The preset's image converter as an ``Affine`` on 0..255; None when it has none."""
+    converter = getattr(getattr(task, "preprocessor", None), "image_converter", None)
+    if converter is None:
+        try:
+            converter = keras_hub.layers.ImageConverter.from_preset(handle)
+        except Exception:  # A backbone preset saved without one.
+            return None
+    scale = 1.0 if converter.scale is None else converter.scale
+    offset = 0.0 if converter.offset is None else converter.offset
+    return Affine.of(_plain(scale), _plain(offset))
+
+
+def _plain(values):
+    """A converter's scale or offset (a number, list or array) as Python floats."""
+    try:
+        return float(values)
+    except TypeError:
+        return [float(v) for v in keras.ops.convert_to_numpy(values).reshape(-1)]
+
+
+def _image_size(task) -> int | None:
+    """The converter's image size, else the height the backbone declares (square only)."""
+    converter = getattr(getattr(task, "preprocessor", None), "image_converter", None)
+    size = getattr(converter, "image_size", None)
+    if size:
+        return int(size[0])
+    shape = tuple(task.inputs[0].shape)
+    return int(shape[1]) if len(shape) == 4 and shape[1] is not None else None
+
+
+def _bottleneck(task, body: keras.Model, family: str, pooling: str) -> str:
+    """What the feature vector is: the pooling, then the weighted layers after it, if any."""
+    after = [layer.name for layer in body.layers if layer is not task.backbone and layer.weights]
+    words = _POOLING_WORDS.get(pooling, f"the {pooling}-pooled backbone output")
+    if after:
+        words += f", through {', '.join(after)}"
+    if pooling == "token" and family in _OTHER_TOKENS:
+        words += f"; {_OTHER_TOKENS[family]}"
+    return f"{words} ({family}, as keras-hub's {type(task).__name__} feeds its logits)"

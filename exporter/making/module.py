@@ -262,13 +262,18 @@ class ImageModule(tf.Module):
         if training:
             checks += spec.check_training_images(images)
         with tf.control_dependencies([*checks, *also]):
-            # A fixed size is known once checked: some backbones reshape with it (MiT, Swin).
-            shape = spec.IMAGE_SPEC.shape
-            if self.fixed_size:
-                shape = tf.TensorShape([None, self.fixed_size, self.fixed_size, 3])
             if forget_size:
-                return tf.raw_ops.PlaceholderWithDefault(input=images, shape=shape)
-            return tf.ensure_shape(images, shape) if self.fixed_size else tf.identity(images)
+                images = tf.raw_ops.PlaceholderWithDefault(
+                    input=images, shape=spec.IMAGE_SPEC.shape
+                )
+            else:
+                images = tf.identity(images)
+            if self.fixed_size:
+                # Known once checked: some backbones reshape with it (MiT, Swin). Set on the
+                # shape-free tensor, so a restored call at another size meets the check.
+                size = self.fixed_size
+                images = tf.ensure_shape(images, [None, size, size, 3])
+            return images
 
     def _forward(self, images, *, training: bool, forget_size: bool, hparams=None):
         images = self._checked_images(images, training, forget_size=forget_size)

@@ -28,18 +28,37 @@ from exporter.progress import stage
 INSTALL = "pip install 'tfhub-exporter[keras_hub]'"
 TASK_FILE = "task.json"  # What keras-hub's save_to_preset writes for a task (not a backbone).
 
-# keras-hub image backbones without an ImageClassifier: why each is not exported (yet).
+# keras-hub 0.32's image backbones without an ImageClassifier, and why each is refused.
+# tests/test_keras_hub.py fails on an image backbone that is neither here nor classifiable.
+_ENCODER = "a vision encoder without a keras-hub image classifier: not supported yet"
+_IMAGE_TEXT = "an image-text model (its vision tower needs wrapping of its own): not supported yet"
+_SEGMENTER = "an image segmentation model, not an image classification backbone"
+_DETECTOR = "an object detection model, not an image classification backbone"
+_GENERATIVE = "an image-to-text generative model, not an image classification backbone"
 REFUSED = {
-    "DINOV2Backbone": "a vision encoder without an image classifier in keras-hub; "
-    "its feature vector is not supported yet",
-    "DINOV3Backbone": "a vision encoder without an image classifier in keras-hub; "
-    "its feature vector is not supported yet",
-    "CLIPBackbone": "an image-text model (its vision tower needs its own wrapping); "
-    "not supported yet",
-    "SigLIPBackbone": "an image-text model (its vision tower needs its own wrapping); "
-    "not supported yet",
-    "MetaCLIP2Backbone": "an image-text model (its vision tower needs its own wrapping); "
-    "not supported yet",
+    "DINOV2Backbone": _ENCODER,
+    "DINOV3Backbone": _ENCODER,
+    "CLIPBackbone": _IMAGE_TEXT,
+    "SigLIPBackbone": _IMAGE_TEXT,
+    "MetaCLIP2Backbone": _IMAGE_TEXT,
+    "BASNetBackbone": _SEGMENTER,
+    "DeepLabV3Backbone": _SEGMENTER,
+    "SAMBackbone": _SEGMENTER,
+    "SAM3PromptableConceptBackbone": _SEGMENTER,
+    "SegFormerBackbone": _SEGMENTER,
+    "DFineBackbone": _DETECTOR,
+    "RetinaNetBackbone": _DETECTOR,
+    "DepthAnythingBackbone": "a depth estimation model, not an image classification backbone",
+    "VideoPrismBackbone": "a video model, not an image backbone",
+    "BLIP2Backbone": _GENERATIVE,
+    "Gemma3Backbone": _GENERATIVE,
+    "Gemma3nBackbone": _GENERATIVE,
+    "Gemma4Backbone": _GENERATIVE,
+    "PARSeqBackbone": "a text recognition (OCR) model, not an image classification backbone",
+    "PaliGemmaBackbone": _GENERATIVE,
+    "Qwen3_5Backbone": _GENERATIVE,
+    "Qwen3_5MoeBackbone": _GENERATIVE,
+    "T5Gemma2Backbone": _GENERATIVE,
 }
 
 # What a classifier's pooling takes from the backbone's output, for the model card.
@@ -166,8 +185,9 @@ def load(handle: str, *, weights: bool = True, pooling: str | None = None) -> Pr
             if has_task and not options:
                 task = task_class.from_preset(handle, load_weights=weights)
             else:
+                # The converter is read on its own (_affine): a backbone may have none.
                 task = task_class.from_preset(
-                    handle, num_classes=1, load_weights=weights, **options
+                    handle, num_classes=1, load_weights=weights, preprocessor=None, **options
                 )
     except Exception as error:
         raise ExportError(
@@ -214,10 +234,35 @@ def _subclasses(cls) -> list:
 
 
 def _cut(task: keras.Model, handle: str) -> tuple[keras.Model, keras.layers.Layer, float]:
-    """``(body, logits layer, dropout rate)``: the task up to what feeds its logits layer."""
+    """``(body, logits layer, dropout rate)``: the task up to what feeds its logits layer.
+
+    Dropout right before the logits layer moves into the head (its rate becomes the
+    classifier's ``dropout_rate``); dropout anywhere else stays where it is. A head that is
+    a Sequential of its own (VGG's) is cut inside: its other layers join the body.
+    """
     if len(task.outputs) != 1:
         raise ExportError(f"Expected keras-hub preset {handle!r} to have one output (logits).")
-    predictions = task.outputs[0]._keras_history.operation
+    final = task.outputs[0]._keras_history.operation
+    if isinstance(final, keras.Sequential) and final.layers:
+        *before, predictions = final.layers
+        rates = []
+        while before and isinstance(before[-1], keras.layers.Dropout):
+            rates.append(float(before.pop().rate))
+        outer = final._inbound_nodes[0].input_tensors[0]
+        features = keras.Sequential(before, name=f"{final.name}_body")(outer) if before else outer
+    else:
+        predictions, rates = final, []
+        features = predictions.input
+        while isinstance(features._keras_history.operation, keras.layers.Dropout):
+            dropout = features._keras_history.operation
+            rates.append(float(dropout.rate))
+            features = dropout.input
+    _check_logits_layer(predictions, handle)
+    body = keras.Model(task.inputs, features, name=f"{task.name}_body")
+    return body, predictions, rates[0] if rates else 0.0
+
+
+def _check_logits_layer(predictions, handle: str) -> None:
     if not isinstance(predictions, keras.layers.Dense):
         raise ExportError(
             f"Expected keras-hub preset {handle!r} to end in a Dense logits layer. "
@@ -229,13 +274,6 @@ def _cut(task: keras.Model, handle: str) -> tuple[keras.Model, keras.layers.Laye
             f"Expected keras-hub preset {handle!r}'s classifier to output logits "
             f"(activation=None). Received activation {activation!r}."
         )
-    features, rates = predictions.input, []
-    while isinstance(features._keras_history.operation, keras.layers.Dropout):
-        dropout = features._keras_history.operation
-        rates.append(float(dropout.rate))
-        features = dropout.input
-    body = keras.Model(task.inputs, features, name=f"{task.name}_body")
-    return body, predictions, rates[0] if rates else 0.0
 
 
 def _affine(task, keras_hub, handle: str) -> Affine | None:
@@ -271,7 +309,13 @@ def _image_size(task) -> int | None:
 
 def _bottleneck(task, body: keras.Model, family: str, pooling: str) -> str:
     """What the feature vector is: the pooling, then the weighted layers after it, if any."""
-    after = [layer.name for layer in body.layers if layer is not task.backbone and layer.weights]
+    layers = [
+        inner
+        for layer in body.layers
+        if layer is not task.backbone
+        for inner in (layer.layers if isinstance(layer, keras.Sequential) else [layer])
+    ]
+    after = [layer.name for layer in layers if layer.weights]
     words = _POOLING_WORDS.get(pooling, f"the {pooling}-pooled backbone output")
     if after:
         words += f", through {', '.join(after)}"

@@ -1,0 +1,212 @@
+"""keras-hub presets and .keras files through both CLIs, against keras-hub's own outputs.
+
+Every supported family: a small random config with a non-identity image converter, saved as
+a preset folder, exported by the CLI as a feature vector and as a classifier, reloaded, and
+compared with keras-hub's own classifier on the same weights.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import REPO, random_images, run_cli
+from keras_hub_configs import FAMILIES, make_task
+
+from exporter.checking import conformance
+from exporter.errors import ExportError
+from exporter.making import presets
+
+keras_hub = pytest.importorskip("keras_hub")
+
+# Per channel, neither 1 nor 0: a converter the export must carry over with its numbers.
+SCALE = (1 / 58.4, 1 / 57.1, 1 / 57.4)
+OFFSET = (-2.1, -2.0, -1.8)
+TOLERANCE = 1e-4  # Of the largest magnitude of keras-hub's own output.
+
+
+def _subclasses(cls) -> list:
+    every = []
+    for sub in cls.__subclasses__():
+        every += [sub, *_subclasses(sub)]
+    return every
+
+
+def test_every_keras_hub_image_backbone_is_supported_or_refused_with_a_reason():
+    # Image backbones are the ones keras-hub pairs with an image converter.
+    image = {c.backbone_cls for c in _subclasses(keras_hub.layers.ImageConverter)}
+    image.discard(None)
+    classifiable = {c.backbone_cls for c in _subclasses(keras_hub.models.ImageClassifier)}
+    names = {cls.__name__ for cls in image}
+    supported = {cls.__name__ for cls in image & classifiable}
+    unaccounted = names - supported - set(presets.REFUSED)
+    assert not unaccounted, f"neither supported nor refused with a reason: {sorted(unaccounted)}"
+    assert supported == {f"{family}Backbone" for family in FAMILIES}
+    assert not supported & set(presets.REFUSED)
+    assert all(presets.REFUSED[name].strip() for name in names - supported)
+
+
+def _export_both(preset: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """Run both CLIs on ``preset`` at once (two processes: the machine has two cores)."""
+    environ = {**os.environ, "PYTHONPATH": str(REPO)}
+    outputs = {"feature_vector": tmp_path / "fv", "classification": tmp_path / "cls"}
+    running = {
+        module: subprocess.Popen(
+            [sys.executable, "-m", f"exporter.{module}", f"--backbone={preset}", f"--out={out}"],
+            cwd=REPO,
+            env=environ,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )  # fmt: skip
+        for module, out in outputs.items()
+    }
+    for module, process in running.items():
+        text, _ = process.communicate(timeout=300)
+        assert process.returncode == 0, f"{module}:\n{text[-3000:]}"
+    return outputs["feature_vector"], outputs["classification"]
+
+
+def _reference(task):
+    """keras-hub's own: its classifier's input to the logits layer, and its logits."""
+    final = task.outputs[0]._keras_history.operation
+    if not isinstance(final, keras.Sequential):
+        assert isinstance(final, keras.layers.Dense)
+        return keras.Model(task.inputs, final.input), task  # Dropout before: identity here.
+    # VGG: its head is a Sequential ending in the logits layer.
+    trunk = keras.Model(task.inputs, final._inbound_nodes[0].input_tensors[0])
+    assert isinstance(final.layers[-1], keras.layers.Dense)
+
+    def features(inputs):
+        outputs = trunk(inputs)
+        for layer in final.layers[:-1]:
+            outputs = layer(outputs, training=False)
+        return outputs
+
+    return features, task
+
+
+def _close(actual, expected, what: str) -> None:
+    expected = np.asarray(expected)
+    scale = float(np.abs(expected).max())
+    assert scale > 1e-3, f"{what}: keras-hub's output vanishes ({scale}); the test would be blind"
+    gap = float(np.abs(np.asarray(actual) - expected).max())
+    assert gap <= TOLERANCE * scale, f"{what}: max gap {gap} against scale {scale}"
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_a_preset_folder_exports_through_both_clis(family, tmp_path):
+    task = make_task(family, scale=SCALE, offset=OFFSET)
+    preset = tmp_path / "preset"
+    task.save_to_preset(str(preset))
+    fv_path, cls_path = _export_both(preset, tmp_path)
+    size, fixed = FAMILIES[family]["image_size"], FAMILIES[family]["fixed"]
+    features, logits = _reference(task)
+    fv, cls = tf.saved_model.load(str(fv_path)), tf.saved_model.load(str(cls_path))
+    for at in (size,) if fixed else (size, 2 * size):
+        images = random_images(2, at, seed=at)
+        inputs = images * 255.0 * np.float32(SCALE) + np.float32(OFFSET)
+        _close(fv(images), features(inputs), f"{family} feature vector at {at}")
+        _close(cls(images), logits(inputs), f"{family} logits at {at}")
+    if fixed:
+        with pytest.raises(tf.errors.InvalidArgumentError, match=f"exactly {size} pixels"):
+            fv(random_images(1, size + 8))
+    for path in (fv_path, cls_path):
+        report = conformance.check(path, strict_metadata=True)
+        assert report.ok, report.to_text()
+    metadata = (fv_path / "assets.extra" / "metadata.json").read_text()
+    assert f'"fixed_size": {str(fixed).lower()}' in metadata
+    assert '"mode": "affine"' in metadata and str(SCALE[0]) in metadata
+    card = (fv_path / "assets.extra" / "model_card.md").read_text()
+    assert f"keras-hub {presets.version()} preset {preset} ({family})" in card
+    assert "avg-pooled feature map" not in card or FAMILIES[family]["pooling"] == "avg"
+
+
+def test_a_backbone_preset_takes_a_new_head_and_says_what_is_missing(tmp_path):
+    task = make_task("ResNet", scale=SCALE, offset=OFFSET)
+    preset = tmp_path / "backbone"
+    task.backbone.save_to_preset(str(preset))  # No converter, no classifier.
+    out = tmp_path / "out"
+    result = run_cli("classification", f"--backbone={preset}", f"--out={out}")
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: keras-hub preset {preset} is a ResNet backbone without a classifier of its "
+        "own: pass --num_classes=N for a new head."
+    )
+    result = run_cli("classification", f"--backbone={preset}", f"--out={out}", "--num_classes=4")
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: keras-hub preset {preset} has no image converter to say how its pixels are "
+        "prepared: pass --preprocessing=... (a named mode, or SCALE,OFFSET on 0..255)."
+    )
+    assert not out.exists()
+    result = run_cli(
+        "classification", f"--backbone={preset}", f"--out={out}", "--num_classes=4",
+        "--preprocessing=0.0171:0.0175:0.0174,-2.1:-2.0:-1.8",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    model = tf.saved_model.load(str(out))
+    assert model(random_images(2, 32)).shape == (2, 4)
+    assert conformance.check(out, strict_metadata=True).ok
+
+
+def test_an_unreachable_handle_fails_in_one_line_naming_it(tmp_path):
+    handle = "kaggle://keras/vit/keras/vit_base_patch16_224_imagenet"
+    out = tmp_path / "out"
+    result = run_cli("feature_vector", f"--backbone={handle}", f"--out={out}", timeout=300)
+    assert result.returncode != 0
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: Could not read keras-hub preset '{handle}': "), last
+    assert not out.exists()
+
+
+def test_a_refused_family_says_why(tmp_path):
+    backbone = keras_hub.models.DINOV2Backbone(
+        patch_size=14, num_layers=1, hidden_dim=16, num_heads=2, intermediate_dim=32,
+        image_shape=(28, 28, 3), position_embedding_shape=(28, 28),
+    )  # fmt: skip
+    backbone.save_to_preset(str(tmp_path / "dino"))
+    with pytest.raises(ExportError, match=r"\(DINOV2Backbone\): a vision encoder"):
+        presets.load(str(tmp_path / "dino"))
+
+
+def _functional_backbone() -> keras.Model:
+    inputs = keras.Input((None, None, 3))
+    x = keras.layers.Conv2D(8, 3, strides=2, activation="relu")(inputs)
+    x = keras.layers.BatchNormalization()(x)
+    x = keras.layers.Conv2D(12, 3, strides=2, activation="relu")(x)
+    return keras.Model(inputs, x, name="my_backbone")
+
+
+def test_a_keras_file_exports_through_the_cli_and_equals_the_model(tmp_path):
+    model = _functional_backbone()
+    norm = model.layers[2]
+    norm.moving_mean.assign(np.full(8, 0.3, np.float32))
+    norm.moving_variance.assign(np.full(8, 0.5, np.float32))
+    path = tmp_path / "mine.keras"
+    model.save(path)
+    out = tmp_path / "out"
+    result = run_cli("feature_vector", f"--backbone={path}", f"--out={out}")
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: A .keras file does not say how its pixels are prepared or what size it was "
+        "trained at: pass --preprocessing=... and --native_size=... (preprocessing: a named "
+        f"mode, or SCALE,OFFSET on 0..255). Received a .keras file: {path}."
+    )
+    result = run_cli(
+        "feature_vector", f"--backbone={path}", f"--out={out}", "--preprocessing=tf",
+        "--native_size=48",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    loaded = tf.saved_model.load(str(out))
+    for size in (32, 48):
+        images = random_images(3, size, seed=size)
+        expected = keras.ops.mean(model(images * 2.0 - 1.0), axis=(1, 2))
+        _close(loaded(images), expected, f".keras feature vector at {size}")
+    assert conformance.check(out, strict_metadata=True).ok

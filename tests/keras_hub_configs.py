@@ -103,3 +103,60 @@ def make_task(family: str, *, scale, offset, num_classes: int = 3):
         num_classes=num_classes,
         **FAMILIES[family]["classifier"],
     )
+
+
+ENCODER_SIZE = 28
+_VISION = dict(
+    patch_size=7, hidden_dim=16, num_layers=1, num_heads=2, intermediate_dim=32,
+    image_shape=(ENCODER_SIZE, ENCODER_SIZE, 3),
+)  # fmt: skip
+_TEXT = dict(
+    vocabulary_size=50, embedding_dim=16, hidden_dim=16, num_layers=1, num_heads=2,
+    intermediate_dim=32, max_sequence_length=8,
+)  # fmt: skip
+# The vision encoders (feature vectors only): family -> its image converter's class name.
+ENCODERS = {
+    "DINOV2": "DINOV2ImageConverter",
+    "DINOV3": "DINOV3ImageConverter",
+    "CLIP": "CLIPImageConverter",
+    "SigLIP": "SigLIPImageConverter",
+    "MetaCLIP2": "MetaCLIP2ImageConverter",
+}
+
+
+def make_encoder(family: str, *, scale, offset):
+    """``(backbone, converter)``: a small random vision encoder (with its text tower for
+    the image-text families) and a converter of its image size."""
+    models = keras_hub.models
+    if family == "DINOV2":
+        backbone = models.DINOV2Backbone(
+            **_VISION, num_register_tokens=2,
+            position_embedding_shape=(ENCODER_SIZE, ENCODER_SIZE, 3),
+        )  # fmt: skip
+    elif family == "DINOV3":
+        backbone = models.DINOV3Backbone(**_VISION, num_register_tokens=4)
+    elif family == "SigLIP":
+        backbone = models.SigLIPBackbone(
+            vision_encoder=models.SigLIPVisionEncoder(**_VISION),
+            text_encoder=models.SigLIPTextEncoder(**_TEXT, projection_dim=16),
+        )
+    else:
+        backbone = getattr(models, f"{family}Backbone")(
+            vision_encoder=getattr(models, f"{family}VisionEncoder")(**_VISION),
+            text_encoder=getattr(models, f"{family}TextEncoder")(**_TEXT),
+            projection_dim=8,
+        )
+    converter = getattr(keras_hub.layers, ENCODERS[family])(
+        image_size=(ENCODER_SIZE, ENCODER_SIZE), scale=scale, offset=offset
+    )
+    return backbone, converter
+
+
+def encoder_embedding(family: str, backbone, inputs):
+    """keras-hub's own image embedding of preprocessed ``inputs``."""
+    if family in ("CLIP", "MetaCLIP2"):
+        return backbone.get_vision_embeddings(inputs)
+    if family == "SigLIP":
+        return backbone.vision_encoder({"images": inputs})
+    key = "pixel_values" if family == "DINOV3" else "images"
+    return backbone({key: inputs})[:, 0]

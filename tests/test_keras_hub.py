@@ -17,8 +17,16 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from conftest import REPO, random_images, run_cli
-from keras_hub_configs import FAMILIES, make_task
+from keras_hub_configs import (
+    ENCODER_SIZE,
+    ENCODERS,
+    FAMILIES,
+    encoder_embedding,
+    make_encoder,
+    make_task,
+)
 
+import exporter
 from exporter.checking import conformance
 from exporter.errors import ExportError
 from exporter.making import presets
@@ -44,21 +52,29 @@ def test_every_keras_hub_image_backbone_is_supported_or_refused_with_a_reason():
     image.discard(None)
     classifiable = {c.backbone_cls for c in _subclasses(keras_hub.models.ImageClassifier)}
     names = {cls.__name__ for cls in image}
-    supported = {cls.__name__ for cls in image & classifiable}
+    supported = {cls.__name__ for cls in image & classifiable} | set(presets.ENCODERS)
     unaccounted = names - supported - set(presets.REFUSED)
     assert not unaccounted, f"neither supported nor refused with a reason: {sorted(unaccounted)}"
-    assert supported == {f"{family}Backbone" for family in FAMILIES}
+    tested = {f"{family}Backbone" for family in [*FAMILIES, *ENCODERS]}
+    assert supported == tested
     assert not supported & set(presets.REFUSED)
     assert all(presets.REFUSED[name].strip() for name in names - supported)
 
 
-def _export_both(preset: Path, tmp_path: Path) -> tuple[Path, Path]:
+def _export_both(preset: Path, tmp_path: Path, *classifier_flags) -> tuple[Path, Path]:
     """Run both CLIs on ``preset`` at once (two processes: the machine has two cores)."""
     environ = {**os.environ, "PYTHONPATH": str(REPO)}
     outputs = {"feature_vector": tmp_path / "fv", "classification": tmp_path / "cls"}
     running = {
         module: subprocess.Popen(
-            [sys.executable, "-m", f"exporter.{module}", f"--backbone={preset}", f"--out={out}"],
+            [
+                sys.executable,
+                "-m",
+                f"exporter.{module}",
+                f"--backbone={preset}",
+                f"--out={out}",
+                *(classifier_flags if module == "classification" else ()),
+            ],
             cwd=REPO,
             env=environ,
             stdout=subprocess.PIPE,
@@ -166,14 +182,43 @@ def test_an_unreachable_handle_fails_in_one_line_naming_it(tmp_path):
     assert not out.exists()
 
 
-def test_a_refused_family_says_why(tmp_path):
-    backbone = keras_hub.models.DINOV2Backbone(
-        patch_size=14, num_layers=1, hidden_dim=16, num_heads=2, intermediate_dim=32,
-        image_shape=(28, 28, 3), position_embedding_shape=(28, 28),
-    )  # fmt: skip
+@pytest.mark.parametrize("family", sorted(ENCODERS))
+def test_a_vision_encoder_exports_its_image_embedding(family, tmp_path):
+    backbone, converter = make_encoder(family, scale=SCALE, offset=OFFSET)
+    preset = tmp_path / "preset"
+    backbone.save_to_preset(str(preset))
+    converter.save_to_preset(str(preset))
+    fv_path, cls_path = _export_both(preset, tmp_path, "--num_classes=4")
+    images = random_images(2, ENCODER_SIZE, seed=3)
+    inputs = images * 255.0 * np.float32(SCALE) + np.float32(OFFSET)
+    fv = tf.saved_model.load(str(fv_path))
+    _close(fv(images), encoder_embedding(family, backbone, inputs), f"{family} embedding")
+    assert tf.saved_model.load(str(cls_path))(images).shape == (2, 4)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=f"exactly {ENCODER_SIZE} pixels"):
+        fv(random_images(1, ENCODER_SIZE + 7))
+    for path in (fv_path, cls_path):
+        report = conformance.check(path, strict_metadata=True)
+        assert report.ok, report.to_text()
+    card = (fv_path / "assets.extra" / "model_card.md").read_text()
+    expected = {"CLIP": "the projection is applied", "MetaCLIP2": "the projection is applied",
+                "SigLIP": "none is applied", "DINOV2": "register tokens (positions 1 to 2)",
+                "DINOV3": "register tokens (positions 1 to 4)"}  # fmt: skip
+    assert expected[family] in card
+
+
+def test_a_vision_encoder_has_no_classifier_of_its_own(tmp_path):
+    backbone, converter = make_encoder("DINOV2", scale=SCALE, offset=OFFSET)
     backbone.save_to_preset(str(tmp_path / "dino"))
-    with pytest.raises(ExportError, match=r"\(DINOV2Backbone\): a vision encoder"):
-        presets.load(str(tmp_path / "dino"))
+    with pytest.raises(ExportError, match=r"is a DINOV2 backbone without a classifier of its own"):
+        exporter.build_classifier(str(tmp_path / "dino"))
+
+
+def test_a_refused_family_says_why(tmp_path):
+    encoder = keras_hub.models.MiTBackbone(**FAMILIES["MiT"]["backbone"], image_shape=(32, 32, 3))
+    backbone = keras_hub.models.SegFormerBackbone(image_encoder=encoder, projection_filters=8)
+    backbone.save_to_preset(str(tmp_path / "segformer"))
+    with pytest.raises(ExportError, match=r"\(SegFormerBackbone\): an image segmentation model"):
+        presets.load(str(tmp_path / "segformer"))
 
 
 def _functional_backbone() -> keras.Model:

@@ -42,7 +42,7 @@ from exporter.making.rewrites import Rewrites
 LABELS_FILE = "labels.txt"  # The labels asset's name under assets/ (spec.LABELS_ASSET).
 POOLINGS = ("avg", "max")  # Of a feature map, here.
 # Of a backbone that pools inside (a keras-hub classifier's body): documented, not applied.
-POOLED_INSIDE = ("token", "gap", "flatten")
+POOLED_INSIDE = ("token", "gap", "flatten", "map")
 
 
 class _Hidden:

@@ -14,6 +14,7 @@ keras-hub is an extra (``INSTALL``), imported only here, when a preset is export
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.metadata
 from pathlib import Path
@@ -28,19 +29,13 @@ from exporter.progress import stage
 INSTALL = "pip install 'tfhub-exporter[keras_hub]'"
 TASK_FILE = "task.json"  # What keras-hub's save_to_preset writes for a task (not a backbone).
 
-# keras-hub 0.32's image backbones without an ImageClassifier, and why each is refused.
+# keras-hub 0.32's image backbones that are neither a classifier family nor an encoder
+# (ENCODERS), and why each is refused.
 # tests/test_keras_hub.py fails on an image backbone that is neither here nor classifiable.
-_ENCODER = "a vision encoder without a keras-hub image classifier: not supported yet"
-_IMAGE_TEXT = "an image-text model (its vision tower needs wrapping of its own): not supported yet"
 _SEGMENTER = "an image segmentation model, not an image classification backbone"
 _DETECTOR = "an object detection model, not an image classification backbone"
 _GENERATIVE = "an image-to-text generative model, not an image classification backbone"
 REFUSED = {
-    "DINOV2Backbone": _ENCODER,
-    "DINOV3Backbone": _ENCODER,
-    "CLIPBackbone": _IMAGE_TEXT,
-    "SigLIPBackbone": _IMAGE_TEXT,
-    "MetaCLIP2Backbone": _IMAGE_TEXT,
     "BASNetBackbone": _SEGMENTER,
     "DeepLabV3Backbone": _SEGMENTER,
     "SAMBackbone": _SEGMENTER,
@@ -60,6 +55,33 @@ REFUSED = {
     "Qwen3_5MoeBackbone": _GENERATIVE,
     "T5Gemma2Backbone": _GENERATIVE,
 }
+
+# Vision encoders without a keras-hub classifier: their pooled image embedding is the
+# feature vector (what keras-hub's own code computes; see _encoder_body).
+ENCODERS = {
+    "DINOV2Backbone": (
+        "token", "the class token (position 0) of DINOv2's output, after its final LayerNorm; "
+        "its register tokens (positions 1 to {registers}) and patch tokens are not used",
+    ),
+    "DINOV3Backbone": (
+        "token", "the class token (position 0) of DINOv3's output, after its final LayerNorm; "
+        "its register tokens (positions 1 to {registers}) and patch tokens are not used",
+    ),
+    "CLIPBackbone": (
+        "token", "CLIP's image embedding: the class token of its vision encoder (after its "
+        "final LayerNorm), through the visual projection (CLIPBackbone."
+        "get_vision_embeddings); the projection is applied",
+    ),
+    "MetaCLIP2Backbone": (
+        "token", "MetaCLIP 2's image embedding: the class token of its vision encoder, through "
+        "its post LayerNorm and the visual projection (MetaCLIP2Backbone."
+        "get_vision_embeddings); the projection is applied",
+    ),
+    "SigLIPBackbone": (
+        "map", "SigLIP's image embedding: its vision encoder's attention-pooled (MAP head) "
+        "output after the post LayerNorm; SigLIP has no visual projection, none is applied",
+    ),
+}  # fmt: skip
 
 # What a classifier's pooling takes from the backbone's output, for the model card.
 _POOLING_WORDS = {
@@ -115,7 +137,8 @@ class Preset:
         handle: As given: a folder, or a handle keras-hub resolves.
         family: The architecture, e.g. ``"ViT"`` (its backbone class, less ``Backbone``).
         body: From images (as the backbone takes them) to the bottleneck, shared weights.
-        predictions: The classifier's logits layer (random for a backbone preset).
+        predictions: The classifier's logits layer (random for a backbone preset; None
+            for a vision encoder, which has no classifier family).
         dropout_rate: The classifier's dropout before its logits layer.
         own_classifier: Whether the preset holds a trained classifier (a task preset).
         preprocessing: Its image converter as an ``Affine``; None when it has none.
@@ -127,7 +150,7 @@ class Preset:
     handle: str
     family: str
     body: keras.Model
-    predictions: keras.layers.Layer
+    predictions: keras.layers.Layer | None
     dropout_rate: float
     own_classifier: bool
     preprocessing: Affine | None
@@ -174,26 +197,22 @@ def load(handle: str, *, weights: bool = True, pooling: str | None = None) -> Pr
         raise ExportError(
             f"Could not read keras-hub preset {handle!r}: {_first_line(error)}"
         ) from None
-    task_class = _classifier_class(keras_hub, backbone_class)
     name = backbone_class.__name__
+    if name in ENCODERS:
+        return _load_encoder(keras_hub, handle, name, weights, pooling)
+    task_class = _classifier_class(keras_hub, backbone_class)
     if task_class is None:
         why = REFUSED.get(name, "not an image backbone with a keras-hub ImageClassifier")
         raise ExportError(f"Cannot export keras-hub preset {handle!r} ({name}): {why}.")
     options = {} if pooling is None else {"pooling": pooling}
-    try:
-        with stage(f"load keras-hub preset {handle} ({task_class.__name__})"):
-            if has_task and not options:
-                task = task_class.from_preset(handle, load_weights=weights)
-            else:
-                # The converter is read on its own (_affine): a backbone may have none.
-                task = task_class.from_preset(
-                    handle, num_classes=1, load_weights=weights, preprocessor=None, **options
-                )
-    except Exception as error:
-        raise ExportError(
-            f"Could not build keras-hub preset {handle!r} as {task_class.__name__}"
-            f"{f' with pooling={pooling!r}' if pooling else ''}: {_first_line(error)}"
-        ) from error
+    with _building(handle, task_class.__name__, pooling):
+        if has_task and not options:
+            task = task_class.from_preset(handle, load_weights=weights)
+        else:
+            # The converter is read on its own (_affine): a backbone may have none.
+            task = task_class.from_preset(
+                handle, num_classes=1, load_weights=weights, preprocessor=None, **options
+            )
     family = name.removesuffix("Backbone")
     body, predictions, rate = _cut(task, handle)
     task_pooling = str(getattr(task, "pooling", None) or "avg")
@@ -204,11 +223,77 @@ def load(handle: str, *, weights: bool = True, pooling: str | None = None) -> Pr
         predictions=predictions,
         dropout_rate=rate,
         own_classifier=has_task and not options,
-        preprocessing=_affine(task, keras_hub, handle),
+        preprocessing=_affine(getattr(task.preprocessor, "image_converter", None), handle),
         image_size=_image_size(task),
         pooling=task_pooling,
         bottleneck=_bottleneck(task, body, family, task_pooling),
     )
+
+
+@contextlib.contextmanager
+def _building(handle: str, what: str, pooling: str | None):
+    """Progress while keras-hub builds ``what``; its failure as one ExportError line."""
+    try:
+        with stage(f"load keras-hub preset {handle} ({what})"):
+            yield
+    except Exception as error:
+        hint = ""
+        if "EfficientNet" in what and "could not be loaded" in str(error):
+            hint = (
+                " (keras-hub 0.32's EfficientNetBackbone does not save num_features: a preset "
+                'of another width needs "num_features": N added to the config of its '
+                "config.json, N the channels of its top_conv)"
+            )
+        raise ExportError(
+            f"Could not build keras-hub preset {handle!r} as {what}"
+            f"{f' with pooling={pooling!r}' if pooling else ''}: {_first_line(error)}{hint}"
+        ) from error
+
+
+def _load_encoder(keras_hub, handle: str, name: str, weights: bool, pooling) -> Preset:
+    """A vision encoder: its pooled image embedding, no classifier of its own."""
+    own_pooling, words = ENCODERS[name]
+    if pooling not in (None, own_pooling):
+        raise ExportError(
+            f"Expected no pooling (or {own_pooling!r}) for keras-hub preset {handle!r}: "
+            f"{name} pools as its own code does. Received: pooling={pooling!r}."
+        )
+    with _building(handle, name, None):
+        backbone = keras_hub.models.Backbone.from_preset(handle, load_weights=weights)
+    body = _encoder_body(backbone, name)
+    try:
+        converter = keras_hub.layers.ImageConverter.from_preset(handle)
+    except Exception:  # Saved without one.
+        converter = None
+    size = body.inputs[0].shape[1]
+    family = name.removesuffix("Backbone")
+    registers = getattr(backbone, "num_register_tokens", 0)
+    return Preset(
+        handle=handle,
+        family=family,
+        body=body,
+        predictions=None,
+        dropout_rate=0.0,
+        own_classifier=False,
+        preprocessing=_affine(converter, handle),
+        image_size=int(converter.image_size[0]) if converter else size,
+        pooling=own_pooling,
+        bottleneck=words.format(registers=registers) + f" ({family} preset)",
+    )
+
+
+def _encoder_body(backbone, name: str) -> keras.Model:
+    """From images to the encoder's image embedding, on ``backbone``'s own layers."""
+    tower = getattr(backbone, "vision_encoder", backbone)
+    images = keras.Input(tuple(tower.image_shape), name="images")
+    if name in ("CLIPBackbone", "MetaCLIP2Backbone"):
+        embedding = backbone.get_vision_embeddings(images)
+    elif name == "SigLIPBackbone":
+        embedding = tower({"images": images})
+    else:  # DINOv2 and DINOv3: the class token; DINOv3 names its input pixel_values.
+        key = "pixel_values" if name == "DINOV3Backbone" else "images"
+        embedding = tower({key: images})[:, 0]
+    return keras.Model(images, embedding, name=f"{backbone.name}_image_embedding")
 
 
 def _first_line(error: BaseException) -> str:
@@ -276,10 +361,13 @@ def _check_logits_layer(predictions, handle: str) -> None:
         )
 
 
-def _affine(task, keras_hub, handle: str) -> Affine | None:
-    """The preset's image converter as an ``Affine`` on 0..255; None when it has none."""
-    converter = getattr(getattr(task, "preprocessor", None), "image_converter", None)
+def _affine(converter, handle: str) -> Affine | None:
+    """An image converter as an ``Affine`` on 0..255; None when there is none.
+
+    A task's converter comes with its preprocessor; a backbone's may be saved beside it.
+    """
     if converter is None:
+        keras_hub = import_keras_hub()
         try:
             converter = keras_hub.layers.ImageConverter.from_preset(handle)
         except Exception:  # A backbone preset saved without one.

@@ -7,6 +7,7 @@ compared with keras-hub's own classifier on the same weights.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -136,9 +137,12 @@ def test_a_preset_folder_exports_through_both_clis(family, tmp_path):
     for path in (fv_path, cls_path):
         report = conformance.check(path, strict_metadata=True)
         assert report.ok, report.to_text()
-    metadata = (fv_path / "assets.extra" / "metadata.json").read_text()
-    assert f'"fixed_size": {str(fixed).lower()}' in metadata
-    assert '"mode": "affine"' in metadata and str(SCALE[0]) in metadata
+    metadata = json.loads((fv_path / "assets.extra" / "metadata.json").read_text())
+    assert metadata["input"]["fixed_size"] is fixed
+    assert metadata["pooling"] == FAMILIES[family]["pooling"]
+    assert metadata["preprocessing"]["mode"] == "affine"
+    np.testing.assert_allclose(metadata["preprocessing"]["scale"], SCALE)
+    np.testing.assert_allclose(metadata["preprocessing"]["offset"], OFFSET)
     card = (fv_path / "assets.extra" / "model_card.md").read_text()
     assert f"keras-hub {presets.version()} preset {preset} ({family})" in card
     assert "avg-pooled feature map" not in card or FAMILIES[family]["pooling"] == "avg"
@@ -255,3 +259,86 @@ def test_a_keras_file_exports_through_the_cli_and_equals_the_model(tmp_path):
         expected = keras.ops.mean(model(images * 2.0 - 1.0), axis=(1, 2))
         _close(loaded(images), expected, f".keras feature vector at {size}")
     assert conformance.check(out, strict_metadata=True).ok
+
+
+@pytest.fixture(scope="module")
+def vit_feature_vector(tmp_path_factory):
+    """A small ViT task preset's feature vector, exported once for the consumers below."""
+    root = tmp_path_factory.mktemp("vit")
+    task = make_task("ViT", scale=SCALE, offset=OFFSET)
+    task.save_to_preset(str(root / "preset"))
+    return exporter.export_feature_vector(str(root / "preset"), root / "fv")
+
+
+def _norm_weights(variables) -> list:
+    # ViT has no batch norm: its gammas are its LayerNorms' (ln_1, ln_2, the final norm).
+    norms = [v for v in variables if "gamma" in v.name]
+    assert norms, [v.name for v in variables]
+    return norms
+
+
+LABELS = np.array([0, 1, 0, 1, 1, 0, 1, 0])
+
+
+def test_a_vit_feature_vector_fine_tunes_in_keras_3(vit_feature_vector):
+    keras.utils.set_random_seed(0)
+    layer = exporter.KerasLayer(str(vit_feature_vector), trainable=True)
+    model = keras.Sequential([keras.Input((32, 32, 3)), layer, keras.layers.Dense(2)])
+    model.compile(keras.optimizers.Adam(1e-2), keras.losses.SparseCategoricalCrossentropy(True))
+    norms = _norm_weights(layer._loaded.trainable_variables)
+    before = [n.numpy().copy() for n in norms]
+    losses = model.fit(random_images(8, 32), LABELS, epochs=6, verbose=0).history["loss"]
+    assert losses[-1] < losses[0], losses
+    assert any(not np.allclose(b, n.numpy()) for b, n in zip(before, norms, strict=True))
+
+
+def test_a_vit_feature_vector_fine_tunes_in_hub_keras_layer(vit_feature_vector):
+    import tensorflow_hub as hub
+    import tf_keras
+
+    tf_keras.utils.set_random_seed(0)
+    layer = hub.KerasLayer(str(vit_feature_vector), trainable=True)
+    model = tf_keras.Sequential([tf_keras.Input((32, 32, 3)), layer, tf_keras.layers.Dense(2)])
+    model.compile(
+        tf_keras.optimizers.Adam(1e-2),
+        tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    norms = _norm_weights(layer.trainable_weights)
+    before = [n.numpy().copy() for n in norms]
+    losses = model.fit(random_images(8, 32), LABELS, epochs=6, verbose=0).history["loss"]
+    assert losses[-1] < losses[0], losses
+    assert any(not np.allclose(b, n.numpy()) for b, n in zip(before, norms, strict=True))
+
+
+def test_a_vit_feature_vector_converts_to_litert_with_verified_parity(vit_feature_vector):
+    from exporter.use.convert import convert
+
+    out = vit_feature_vector.parent / "vit.tflite"
+    conversion = convert(vit_feature_vector, out, to="litert")
+    assert out.is_file() and out.stat().st_size > 0
+    assert conversion.checks, "no parity check ran"
+    for check in conversion.checks:  # Measured in the LiteRT interpreter, at the fixed size.
+        assert (check.height, check.width) == (32, 32)
+        assert check.max_relative <= conversion.bound.max_relative, conversion.summary()
+        assert check.min_cosine >= conversion.bound.min_cosine, conversion.summary()
+
+
+def test_the_readme_table_says_what_the_exports_do():
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("### keras-hub presets", 1)[1].split("\n## ", 1)[0]
+    rows = {
+        cells[0]: cells[1:]
+        for line in section.splitlines()
+        if line.startswith("| ") and not line.startswith("| family")
+        for cells in [[cell.strip() for cell in line.strip("|").split("|")]]
+    }
+    assert set(rows) == set(FAMILIES) | set(ENCODERS)
+    for family, facts in FAMILIES.items():
+        size = "fixed" if facts["fixed"] else "dynamic"
+        assert rows[family] == ["feature vector, classifier", facts["pooling"], size], family
+    for family in ENCODERS:  # Every encoder is fixed-size; its pooling is in presets.ENCODERS.
+        output, pooling, size = rows[family]
+        assert (output, size) == ("feature vector (new head: `--num_classes`)", "fixed")
+        own = presets.ENCODERS[f"{family}Backbone"][0]
+        projected = "projection is applied" in presets.ENCODERS[f"{family}Backbone"][1]
+        assert pooling == own + (", projected" if projected else ""), family

@@ -260,6 +260,37 @@ def plan_backbone(
     return jobs
 
 
+def plan_keras_hub(
+    name: str, scratch: Path, groups: list[str], exporters: list[str], notes: list[str]
+) -> list[Job]:
+    """A keras-hub backbone (``workers.KERAS_HUB``): the export figures of its classifier.
+
+    Both start from one preset folder: ours is the classification CLI on it (the task's own
+    head), Keras 3's is ``model.export`` of the task ``ImageClassifier.from_preset`` loads.
+    """
+    left_out = [g for g in groups if g != "export"] + [e for e in exporters if e == "tf_keras"]
+    if left_out:
+        notes.append(f"{name}: only export figures, for ours and keras3 ({', '.join(left_out)} "
+                     "left out: they are measured on keras.applications backbones).")  # fmt: skip
+    if "export" not in groups:
+        return []
+    preset = scratch / "preset"
+    spec = {"config": harness.KERAS_HUB[name], "preset": str(preset)}
+    jobs = [Job(name, "prepare", "keras-hub preset", None, task="prepare_keras_hub", spec=spec)]
+    for r in range(_REPEATS.value):
+        for e in harness.rotated([e for e in exporters if e != "tf_keras"], r):
+            out = scratch / f"export-{e}"
+            if e == "ours":
+                argv = [sys.executable, "-m", "exporter.classification", f"--backbone={preset}",
+                        f"--out={out}"]  # fmt: skip
+                jobs.append(Job(name, "export", e, r, argv=argv, out=out, needs=(preset,)))
+            else:
+                spec = {"preset": str(preset), "out": str(out)}
+                jobs.append(Job(name, "export", e, r, task="export_keras3_keras_hub", spec=spec,
+                                out=out, needs=(preset,)))  # fmt: skip
+    return jobs
+
+
 class Harness:
     """Runs the planned children one at a time and turns their results into figures."""
 
@@ -467,7 +498,9 @@ def main(argv):
     from exporter.version import VERSION
 
     try:
-        names = harness.resolve_backbones(_BACKBONES.value, exporter.list_backbones())
+        names = harness.resolve_backbones(
+            _BACKBONES.value, exporter.list_backbones(), extra=list(harness.KERAS_HUB)
+        )
     except ValueError as error:
         sys.exit(f"error: --backbones: {error}")
     groups = [g for g in FIGURE_GROUPS if g in _FIGURES.value]
@@ -507,7 +540,9 @@ def main(argv):
     scratch_root.mkdir(parents=True, exist_ok=True)
     plans = [(name, scratch_root / name) for name in names]
     jobs = {
-        name: plan_backbone(exporter.get_backbone(name), where, groups, exporters, batches, notes)
+        name: plan_keras_hub(name, where, groups, exporters, notes)
+        if name in harness.KERAS_HUB
+        else plan_backbone(exporter.get_backbone(name), where, groups, exporters, batches, notes)
         for name, where in plans
     }
     total = sum(map(len, jobs.values()))

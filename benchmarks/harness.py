@@ -41,6 +41,7 @@ from report import backbone_table, build_report, markdown, write_report
 from sizes import MB, directory_bytes, export_sizes, weight_bytes
 from stats import ratios, summaries, summarize
 from workers import (
+    KERAS_HUB,
     SKIPPED_EXIT,
     TASKS,
     Skipped,
@@ -53,6 +54,7 @@ from workers import (
 
 __all__ = [
     "EXPORTERS",
+    "KERAS_HUB",
     "FIGURES",
     "FINETUNE_VARIANTS",
     "LATENCY_VARIANTS",

@@ -5,12 +5,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 
-def resolve_backbones(requested: Sequence[str], known: Sequence[str]) -> list[str]:
+def resolve_backbones(
+    requested: Sequence[str], known: Sequence[str], extra: Sequence[str] = ()
+) -> list[str]:
     """The backbones to measure: ``requested`` in order, or every known one for ``all``.
 
     Args:
         requested: The names asked for (duplicates are dropped), or ``["all"]``.
         known: Every registered backbone name.
+        extra: Other names that may be asked for (keras-hub backbones), not part of ``all``.
 
     Returns:
         The names to measure, each once, in the order asked.
@@ -20,11 +23,11 @@ def resolve_backbones(requested: Sequence[str], known: Sequence[str]) -> list[st
     """
     if list(requested) == ["all"]:
         return list(known)
-    unknown = [name for name in requested if name not in known]
+    unknown = [name for name in requested if name not in known and name not in extra]
     if unknown:
         raise ValueError(
             f"Unknown backbone{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}"
-            f"; known: {', '.join(known)} (or all)."
+            f"; known: {', '.join([*known, *extra])} (or all)."
         )
     if not requested:
         raise ValueError(f"No backbone given; known: {', '.join(known)} (or all).")

@@ -200,8 +200,62 @@ def _task_finetune(spec: dict) -> dict:
     return {"first_step_s": first_step_s, "times_s": times, "median_s": statistics.median(times)}
 
 
+# keras-hub backbones compare.py measures: name -> the ImageClassifier it builds (random
+# weights). ViT-B/16 at 224 as keras-hub's vit_base_patch16_224 presets configure it
+# (keras_hub/src/models/vit/vit_presets.py: 12 layers, 12 heads, 768 wide, MLP 3072).
+KERAS_HUB = {
+    "keras_hub_vit_b16": {
+        "family": "ViT",
+        "backbone": {"image_shape": [224, 224, 3], "patch_size": 16, "num_layers": 12,
+                     "num_heads": 12, "hidden_dim": 768, "mlp_dim": 3072},
+        "image_size": 224,
+        "num_classes": 1000,
+        "scale": 1 / 127.5,
+        "offset": -1.0,
+    },
+}  # fmt: skip
+
+
+def _keras_hub_task(config: dict):
+    """``config``'s ImageClassifier with its preprocessor, random weights, seeded."""
+    import keras
+    import keras_hub
+
+    keras.utils.set_random_seed(0)
+    family, size = config["family"], config["image_size"]
+    backbone_config = dict(config["backbone"], image_shape=tuple(config["backbone"]["image_shape"]))
+    backbone = getattr(keras_hub.models, f"{family}Backbone")(**backbone_config)
+    converter = getattr(keras_hub.layers, f"{family}ImageConverter")(
+        image_size=(size, size), scale=config["scale"], offset=config["offset"]
+    )
+    preprocessor = getattr(keras_hub.models, f"{family}ImageClassifierPreprocessor")(
+        image_converter=converter
+    )
+    return getattr(keras_hub.models, f"{family}ImageClassifier")(
+        backbone=backbone, preprocessor=preprocessor, num_classes=config["num_classes"]
+    )
+
+
+def _task_prepare_keras_hub(spec: dict) -> dict:
+    """Untimed: the keras-hub classifier saved as a preset folder both exports start from."""
+    task = _keras_hub_task(spec["config"])
+    task.save_to_preset(spec["preset"])
+    return _model_size(task)
+
+
+def _task_export_keras3_keras_hub(spec: dict) -> dict:
+    """Keras 3's own export of the same classifier, loaded from the same preset folder."""
+    import keras_hub
+
+    task = keras_hub.models.ImageClassifier.from_preset(spec["preset"])
+    task.export(spec["out"], format="tf_saved_model", verbose=False)
+    return _model_size(task)
+
+
 TASKS = {
     "prepare": _task_prepare,
+    "prepare_keras_hub": _task_prepare_keras_hub,
+    "export_keras3_keras_hub": _task_export_keras3_keras_hub,
     "export_keras3": _task_export_keras3,
     "export_tf_keras": _task_export_tf_keras,
     "load": _task_load,

@@ -183,3 +183,44 @@ def test_op_profile_table_lists_the_op_types_that_differ_most():
     assert "| Conv2D |" not in text
     assert "| all op types | 59.0 | 53.0 | +6.0 | 5 | 4 |" in text  # IDLE is not an op type,
     assert "| (idle, no op running) | 40.0 | 0.0 |" in text  # and is shown apart.
+
+
+def test_a_keras_hub_backbone_is_asked_for_by_name_but_not_part_of_all():
+    known, extra = ["resnet50"], list(harness.KERAS_HUB)
+    assert harness.resolve_backbones(["all"], known, extra) == known
+    assert harness.resolve_backbones(["keras_hub_vit_b16"], known, extra) == ["keras_hub_vit_b16"]
+    vit = harness.KERAS_HUB["keras_hub_vit_b16"]["backbone"]  # ViT-B/16's published shape.
+    assert (vit["patch_size"], vit["num_layers"], vit["hidden_dim"]) == (16, 12, 768)
+
+
+def test_the_keras_hub_workers_export_one_preset_both_ways(tmp_path):
+    """compare.py's keras-hub jobs on a tiny ViT: the same preset, ours and Keras 3's export."""
+    config = {
+        "family": "ViT", "image_size": 32, "num_classes": 3, "scale": 1 / 127.5, "offset": -1.0,
+        "backbone": {"image_shape": [32, 32, 3], "patch_size": 8, "num_layers": 1,
+                     "num_heads": 2, "hidden_dim": 16, "mlp_dim": 32},
+    }  # fmt: skip
+    preset, keras3, ours = tmp_path / "preset", tmp_path / "keras3", tmp_path / "ours"
+    for task, spec in (
+        ("prepare_keras_hub", {"config": config, "preset": str(preset)}),
+        ("export_keras3_keras_hub", {"preset": str(preset), "out": str(keras3)}),
+    ):
+        spec_path = tmp_path / f"{task}.json"
+        spec_path.write_text(json.dumps({**spec, "result": str(tmp_path / f"{task}.out")}))
+        done = subprocess.run(
+            [sys.executable, str(COMPARE), f"--worker={task}", f"--spec={spec_path}"],
+            cwd=REPO, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert json.loads((tmp_path / f"{task}.out").read_text())["params"] > 1000
+    done = subprocess.run(
+        [sys.executable, "-m", "exporter.classification", f"--backbone={preset}", f"--out={ours}"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    import numpy as np
+    import tensorflow as tf
+
+    images = np.random.default_rng(0).random((2, 32, 32, 3), dtype=np.float32)
+    theirs, mine = tf.saved_model.load(str(keras3)), tf.saved_model.load(str(ours))
+    np.testing.assert_allclose(mine(images), theirs.serve(images * 2.0 - 1.0), atol=1e-5)

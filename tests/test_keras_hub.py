@@ -30,7 +30,7 @@ from keras_hub_configs import (
 import exporter
 from exporter.checking import conformance
 from exporter.errors import ExportError
-from exporter.making import presets
+from exporter.making import preprocessing, presets
 
 keras_hub = pytest.importorskip("keras_hub")
 
@@ -342,3 +342,33 @@ def test_the_readme_table_says_what_the_exports_do():
         own = presets.ENCODERS[f"{family}Backbone"][0]
         projected = "projection is applied" in presets.ENCODERS[f"{family}Backbone"][1]
         assert pooling == own + (", projected" if projected else ""), family
+
+
+def test_a_token_model_exports_gap_pooling_when_asked(tmp_path):
+    task = make_task("ViT", scale=SCALE, offset=OFFSET)
+    task.backbone.save_to_preset(str(tmp_path / "vit"))
+    module = exporter.build_feature_vector(
+        str(tmp_path / "vit"), pooling="gap", preprocessing=preprocessing.Affine.of(SCALE, OFFSET)
+    )
+    images = random_images(2, 32, seed=5)
+    inputs = images * 255.0 * np.float32(SCALE) + np.float32(OFFSET)
+    tokens = task.backbone(inputs)
+    _close(module(images), keras.ops.mean(tokens, axis=1), "ViT gap")
+    assert module.pooling == "gap" and "mean of the backbone's output" in module.bottleneck
+    with pytest.raises(ExportError, match=r"Unknown pooling 'flat' for a keras-hub preset"):
+        exporter.build_feature_vector(str(tmp_path / "vit"), pooling="flat")
+
+
+def test_a_keras_hub_preset_name_is_taken_as_a_handle_and_fails_offline_naming_it():
+    name = "resnet_50_imagenet"
+    assert name in keras_hub.models.Backbone.presets
+    with pytest.raises(ExportError, match=rf"^Could not read keras-hub preset '{name}': "):
+        exporter.build_feature_vector(name)
+
+
+def test_efficientnet_unsaved_num_features_is_named_in_the_error(tmp_path):
+    backbone_config = dict(FAMILIES["EfficientNet"]["backbone"], input_shape=(None, None, 3))
+    backbone = keras_hub.models.EfficientNetBackbone(**backbone_config, num_features=24)
+    backbone.save_to_preset(str(tmp_path / "effnet"))  # keras-hub 0.32 leaves num_features out.
+    with pytest.raises(ExportError, match=r'needs "num_features": N added to the config'):
+        exporter.build_feature_vector(str(tmp_path / "effnet"), preprocessing="raw255")

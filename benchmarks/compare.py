@@ -274,6 +274,9 @@ def plan_keras_hub(
                      "left out: they are measured on keras.applications backbones).")  # fmt: skip
     if "export" not in groups:
         return []
+    notes.append(f"{name}: ours is python -m exporter.classification --backbone=PRESET (the "
+                 "preset's own ImageClassifier head), Keras 3's is model.export of the same "
+                 "ImageClassifier loaded from the same preset folder.")  # fmt: skip
     preset = scratch / "preset"
     spec = {"config": harness.KERAS_HUB[name], "preset": str(preset)}
     jobs = [Job(name, "prepare", "keras-hub preset", None, task="prepare_keras_hub", spec=spec)]

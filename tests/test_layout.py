@@ -232,3 +232,10 @@ def test_metadata_is_read_in_one_place():
     ], readers
     conformance = (PACKAGE / "checking" / "conformance.py").read_text(encoding="utf-8")
     assert "json.loads" not in conformance and "read_regular(self.path" not in conformance
+
+
+def test_the_readme_and_the_module_stay_short():
+    readme = (PACKAGE.parent / "README.md").read_text().splitlines()
+    assert len(readme) <= 200, f"README.md is {len(readme)} lines; move details to docs/"
+    module = (PACKAGE / "making" / "module.py").read_text().splitlines()
+    assert len(module) <= 460, f"making/module.py is {len(module)} lines; split it by job"

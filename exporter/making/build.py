@@ -14,8 +14,8 @@ import keras
 from exporter.errors import ExportError
 from exporter.making import external, precision, registry
 from exporter.making.head import DEFAULT_DROPOUT, HeadDropout, new_head
-from exporter.making.layers import add_weight_decay
-from exporter.making.module import POOLINGS, ClassifierModule, FeatureVectorModule, ImageModule
+from exporter.making.layers import POOLINGS, add_weight_decay
+from exporter.making.module import ClassifierModule, FeatureVectorModule, ImageModule
 from exporter.making.preprocessing import Mode
 from exporter.progress import stage
 

@@ -238,3 +238,29 @@ def add_weight_decay(layers, weight_decay: float) -> None:
         for variable in layer.trainable_variables:
             if variable.name in KERNELS and getattr(variable, "regularizer", None) is None:
                 variable.regularizer = keras.regularizers.L2(weight_decay)
+
+
+POOLINGS = ("avg", "max")  # Of a feature map, by the module.
+# Of a backbone that pools inside (a keras-hub classifier's body): documented, not applied.
+POOLED_INSIDE = ("token", "gap", "flatten", "map")
+
+
+def check_pooling(pooling: str) -> str:
+    """``pooling`` if it is known, else a ValueError listing the known ones."""
+    if pooling not in POOLINGS + POOLED_INSIDE:
+        known = ", ".join(POOLINGS + POOLED_INSIDE)
+        raise ValueError(f"Unknown pooling {pooling!r}; known: {known}.")
+    return pooling
+
+
+def pooled(features: tf.Tensor, pooling: str) -> tf.Tensor:
+    """A feature map pooled globally by ``pooling``; pooled features as they are."""
+    if features.shape.rank != 4:
+        return features
+    if pooling not in POOLINGS:
+        raise ValueError(
+            f"Expected pooling {' or '.join(POOLINGS)} for a backbone that outputs a feature "
+            f"map. Received: pooling={pooling!r}."
+        )
+    reduce = tf.reduce_mean if pooling == "avg" else tf.reduce_max
+    return reduce(features, axis=[1, 2])

@@ -28,9 +28,11 @@ from exporter.making.layers import (
     admissible_sizes,
     batch_norms,
     check_backbone,
+    check_pooling,
     feature_width,
     nested_exports,
     overridden,
+    pooled,
     regularization_losses,
     sublayers,
     tf_variable,
@@ -40,9 +42,6 @@ from exporter.making.preprocessing import Mode, check_mode, preprocess
 from exporter.making.rewrites import Rewrites
 
 LABELS_FILE = "labels.txt"  # The labels asset's name under assets/ (spec.LABELS_ASSET).
-POOLINGS = ("avg", "max")  # Of a feature map, here.
-# Of a backbone that pools inside (a keras-hub classifier's body): documented, not applied.
-POOLED_INSIDE = ("token", "gap", "flatten", "map")
 
 
 class _Hidden:
@@ -97,9 +96,7 @@ class ImageModule(tf.Module):
     ):
         super().__init__(name=name)
         check_backbone(backbone)
-        if pooling not in POOLINGS + POOLED_INSIDE:
-            known = ", ".join(POOLINGS + POOLED_INSIDE)
-            raise ValueError(f"Unknown pooling {pooling!r}; known: {known}.")
+        check_pooling(pooling)
         layers = [backbone] + ([head] if head is not None else [])
         nested = nested_exports(layers)
         min_size, fixed_size, native_size = admissible_sizes(
@@ -263,17 +260,13 @@ class ImageModule(tf.Module):
             checks += spec.check_training_images(images)
         with tf.control_dependencies([*checks, *also]):
             if forget_size:
-                images = tf.raw_ops.PlaceholderWithDefault(
-                    input=images, shape=spec.IMAGE_SPEC.shape
-                )
+                images = tf.raw_ops.PlaceholderWithDefault(input=images, shape=[None] * 3 + [3])
             else:
                 images = tf.identity(images)
-            if self.fixed_size:
-                # Known once checked: some backbones reshape with it (MiT, Swin). Set on the
-                # shape-free tensor, so a restored call at another size meets the check.
-                size = self.fixed_size
-                images = tf.ensure_shape(images, [None, size, size, 3])
-            return images
+            # A fixed size, set once checked (MiT and Swin reshape with it), on the shape-free
+            # tensor: a restored call at another size then meets the check, not a shape error.
+            size = self.fixed_size
+            return tf.ensure_shape(images, [None, size, size, 3]) if size else images
 
     def _forward(self, images, *, training: bool, forget_size: bool, hparams=None):
         images = self._checked_images(images, training, forget_size=forget_size)
@@ -290,15 +283,7 @@ class ImageModule(tf.Module):
             # Our own scope first: a Keras name like "_my_model" is invalid as a root scope.
             with tf.name_scope("backbone"):
                 features = self._held.backbone(inputs, training=training)
-            if features.shape.rank == 4:
-                if self.pooling not in POOLINGS:
-                    raise ValueError(
-                        f"Expected pooling {' or '.join(POOLINGS)} for a backbone that outputs "
-                        f"a feature map. Received: pooling={self.pooling!r}."
-                    )
-                reduce = tf.reduce_mean if self.pooling == "avg" else tf.reduce_max
-                features = reduce(features, axis=[1, 2])
-            outputs = tf.cast(features, tf.float32)
+            outputs = tf.cast(pooled(features, self.pooling), tf.float32)
             if self._held.head is not None:
                 with tf.name_scope("head"):
                     outputs = tf.cast(self._held.head(outputs, training=training), tf.float32)

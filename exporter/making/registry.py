@@ -102,7 +102,7 @@ def names() -> list[str]:
 
 
 def table() -> str:
-    """Return the registered backbones as a Markdown table (the README has the same one)."""
+    """Return the registered backbones as a Markdown table (docs/backbones.md has the same one)."""
     rows = [
         "| backbone | native size | min size | num_features | preprocessing |",
         "|---|---|---|---|---|",

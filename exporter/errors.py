@@ -1,6 +1,13 @@
 """Errors a user can act on. The CLIs print these as one line, without a traceback."""
 
 
+def first_line(error: BaseException) -> str:
+    """The first line of ``error``'s message (its type's name if it has none), for a one-line
+    error of ours that names a library's cause."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 class Error(Exception):
     """Base of every error this package raises on purpose; the message says the way out."""
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import keras
 
-from exporter.errors import ExportError
+from exporter.errors import ExportError, first_line
 from exporter.making import external, precision, registry
 from exporter.making.head import DEFAULT_DROPOUT, HeadDropout, new_head
 from exporter.making.layers import POOLINGS, add_weight_decay
@@ -44,11 +44,6 @@ def resolve_weights(weights: str | os.PathLike | None) -> str | Path | None:
     return path
 
 
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
-
-
 def _construct(backbone: registry.Backbone, weights, hint: str = "", **kwargs) -> keras.Model:
     keras_weights = "imagenet" if weights == "imagenet" else None
     try:
@@ -58,7 +53,7 @@ def _construct(backbone: registry.Backbone, weights, hint: str = "", **kwargs) -
             raise
         raise ExportError(
             f"Could not fetch the ImageNet weights of {backbone.name} "
-            f'({_first_line(error)}). Nothing was written. Use weights="none" for random '
+            f'({first_line(error)}). Nothing was written. Use weights="none" for random '
             f"initialization, or weights=PATH for a .weights.h5 or .keras file saved from "
             f"{backbone.source}."
         ) from error
@@ -76,7 +71,7 @@ def load_weights_file(model: keras.Model, path: Path, architecture: str, hint: s
             model.load_weights(path)
     except Exception as error:
         raise ExportError(
-            f"Weights file {path} does not fit {architecture}: {_first_line(error)}{hint}"
+            f"Weights file {path} does not fit {architecture}: {first_line(error)}{hint}"
         ) from error
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import keras
 
-from exporter.errors import ExportError
+from exporter.errors import ExportError, first_line
 from exporter.making import presets, registry
 from exporter.making.head import DEFAULT_DROPOUT, new_head
 from exporter.making.layers import add_weight_decay, static_input_size
@@ -203,9 +203,8 @@ def load_keras_file(path) -> keras.Model:
         with stage(f"load {path}"):
             model = keras.saving.load_model(path, compile=False)
     except Exception as error:
-        text = str(error).strip().splitlines()
         raise ExportError(
-            f"Could not load {path} as a Keras 3 model: {text[0] if text else type(error).__name__}"
+            f"Could not load {path} as a Keras 3 model: {first_line(error)}"
         ) from error
     if not isinstance(model, keras.Model):
         raise ExportError(

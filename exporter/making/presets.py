@@ -21,7 +21,7 @@ from pathlib import Path
 
 import keras
 
-from exporter.errors import ExportError
+from exporter.errors import ExportError, first_line
 from exporter.making.head import HeadDropout
 from exporter.making.preprocessing import Affine
 from exporter.progress import stage
@@ -195,7 +195,7 @@ def load(handle: str, *, weights: bool = True, pooling: str | None = None) -> Pr
         has_task = preset_utils.check_file_exists(handle, TASK_FILE)
     except Exception as error:  # Offline, missing, or not a preset: keras-hub's words.
         raise ExportError(
-            f"Could not read keras-hub preset {handle!r}: {_first_line(error)}"
+            f"Could not read keras-hub preset {handle!r}: {first_line(error)}"
         ) from None
     name = backbone_class.__name__
     if name in ENCODERS:
@@ -209,12 +209,13 @@ def load(handle: str, *, weights: bool = True, pooling: str | None = None) -> Pr
         if has_task and not options:
             task = task_class.from_preset(handle, load_weights=weights)
         else:
-            # The converter is read on its own (_affine): a backbone may have none.
+            # The converter is read on its own (_converter): a backbone may have none.
             task = task_class.from_preset(
                 handle, num_classes=1, load_weights=weights, preprocessor=None, **options
             )
     family = name.removesuffix("Backbone")
     body, predictions, rate = _cut(task, handle)
+    converter = _converter(keras_hub, handle, task)
     task_pooling = str(getattr(task, "pooling", None) or "avg")
     return Preset(
         handle=handle,
@@ -223,8 +224,8 @@ def load(handle: str, *, weights: bool = True, pooling: str | None = None) -> Pr
         predictions=predictions,
         dropout_rate=rate,
         own_classifier=has_task and not options,
-        preprocessing=_affine(getattr(task.preprocessor, "image_converter", None), handle),
-        image_size=_image_size(task),
+        preprocessing=_affine(converter),
+        image_size=_image_size(converter, body),
         pooling=task_pooling,
         bottleneck=_bottleneck(task, body, family, task_pooling),
     )
@@ -246,7 +247,7 @@ def _building(handle: str, what: str, pooling: str | None):
             )
         raise ExportError(
             f"Could not build keras-hub preset {handle!r} as {what}"
-            f"{f' with pooling={pooling!r}' if pooling else ''}: {_first_line(error)}{hint}"
+            f"{f' with pooling={pooling!r}' if pooling else ''}: {first_line(error)}{hint}"
         ) from error
 
 
@@ -261,11 +262,7 @@ def _load_encoder(keras_hub, handle: str, name: str, weights: bool, pooling) -> 
     with _building(handle, name, None):
         backbone = keras_hub.models.Backbone.from_preset(handle, load_weights=weights)
     body = _encoder_body(backbone, name)
-    try:
-        converter = keras_hub.layers.ImageConverter.from_preset(handle)
-    except Exception:  # Saved without one.
-        converter = None
-    size = body.inputs[0].shape[1]
+    converter = _converter(keras_hub, handle)
     family = name.removesuffix("Backbone")
     registers = getattr(backbone, "num_register_tokens", 0)
     return Preset(
@@ -275,8 +272,8 @@ def _load_encoder(keras_hub, handle: str, name: str, weights: bool, pooling) -> 
         predictions=None,
         dropout_rate=0.0,
         own_classifier=False,
-        preprocessing=_affine(converter, handle),
-        image_size=int(converter.image_size[0]) if converter else size,
+        preprocessing=_affine(converter),
+        image_size=_image_size(converter, body),
         pooling=own_pooling,
         bottleneck=words.format(registers=registers) + f" ({family} preset)",
     )
@@ -294,11 +291,6 @@ def _encoder_body(backbone, name: str) -> keras.Model:
         key = "pixel_values" if name == "DINOV3Backbone" else "images"
         embedding = tower({key: images})[:, 0]
     return keras.Model(images, embedding, name=f"{backbone.name}_image_embedding")
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 def _classifier_class(keras_hub, backbone_class):
@@ -361,17 +353,22 @@ def _check_logits_layer(predictions, handle: str) -> None:
         )
 
 
-def _affine(converter, handle: str) -> Affine | None:
-    """An image converter as an ``Affine`` on 0..255; None when there is none.
+def _converter(keras_hub, handle: str, task=None):
+    """The preset's image converter: a task's comes with its preprocessor, a backbone's may
+    be saved beside it; None when there is none."""
+    converter = getattr(getattr(task, "preprocessor", None), "image_converter", None)
+    if converter is not None:
+        return converter
+    try:
+        return keras_hub.layers.ImageConverter.from_preset(handle)
+    except Exception:  # A backbone preset saved without one.
+        return None
 
-    A task's converter comes with its preprocessor; a backbone's may be saved beside it.
-    """
+
+def _affine(converter) -> Affine | None:
+    """An image converter as an ``Affine`` on 0..255; None when there is none."""
     if converter is None:
-        keras_hub = import_keras_hub()
-        try:
-            converter = keras_hub.layers.ImageConverter.from_preset(handle)
-        except Exception:  # A backbone preset saved without one.
-            return None
+        return None
     scale = 1.0 if converter.scale is None else converter.scale
     offset = 0.0 if converter.offset is None else converter.offset
     return Affine.of(_plain(scale), _plain(offset))
@@ -385,13 +382,12 @@ def _plain(values):
         return [float(v) for v in keras.ops.convert_to_numpy(values).reshape(-1)]
 
 
-def _image_size(task) -> int | None:
-    """The converter's image size, else the height the backbone declares (square only)."""
-    converter = getattr(getattr(task, "preprocessor", None), "image_converter", None)
+def _image_size(converter, body: keras.Model) -> int | None:
+    """The converter's image size, else the height the body's input declares (square only)."""
     size = getattr(converter, "image_size", None)
     if size:
         return int(size[0])
-    shape = tuple(task.inputs[0].shape)
+    shape = tuple(body.inputs[0].shape)
     return int(shape[1]) if len(shape) == 4 and shape[1] is not None else None
 
 

@@ -25,7 +25,7 @@ import tensorflow as tf
 
 from exporter import siblings, spec
 from exporter.checking import savedmodel
-from exporter.errors import ExportError, UnsafeOpsError
+from exporter.errors import ExportError, UnsafeOpsError, first_line
 from exporter.progress import stage
 
 RUNTIMES = ("litert", "onnx")
@@ -500,5 +500,4 @@ def _version(module) -> str:
 
 
 def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0][:300] if text else type(error).__name__
+    return first_line(error)[:300]

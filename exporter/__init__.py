@@ -9,6 +9,7 @@ from exporter import console as _console
 
 _console.quiet_native_logs()  # Before anything imports TensorFlow.
 
+from exporter.console import quiet_tensorflow_logs
 from exporter.errors import Error, ExportError, UnsafeOpsError
 from exporter.making import backbones as _backbones
 from exporter.making.build import (
@@ -47,6 +48,7 @@ __all__ = [
     "imagenet_labels",
     "list_backbones",
     "load_backbone",
+    "quiet_tensorflow_logs",
     "read_labels",
     "save",
     "UnsafeOpsError",

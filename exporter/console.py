@@ -1,25 +1,50 @@
-"""What our command lines print: stage lines, not pages of TensorFlow's own logging.
+"""What we print: our stage lines, not pages of TensorFlow's own logging.
 
-TensorFlow's C++ logging is read from the environment once, when TensorFlow is imported,
-so ``quiet_native_logs`` runs from ``exporter/__init__.py`` before anything else imports
-it, and only when the process is one of our ``python -m exporter.<cli>`` commands. A
-variable the user set is kept, and ``--verbosity`` / ``-v`` brings everything back.
+TensorFlow's C++ side writes its log lines straight to the process's standard error (file
+descriptor 2): a few while its libraries load ("All log messages before absl::InitializeLog()
+is called", "Could not find cuda drivers"), then "failed call to cuInit", grappler notes
+and, while the export's verify step checks that a too-small image is refused, "Local
+rendezvous is aborting with status: INVALID_ARGUMENT: assertion failed". None of them is
+ours, and some read as failures.
+
+- ``quiet_native_logs`` runs from ``exporter/__init__.py`` before anything of ours imports
+  TensorFlow. In our ``python -m exporter.<cli>`` commands it sets
+  ``TF_CPP_MIN_LOG_LEVEL=3`` (TensorFlow reads it once, when it loads); in Python it
+  changes no setting. Both then load TensorFlow inside ``native_logs_filtered``.
+- ``native_logs_filtered`` (``exporter.quiet_tensorflow_logs``) drops, while it is
+  active, the lines on file descriptor 2 that have the C++ log format; everything else
+  passes, in order. Our exports and ``save`` run inside it.
+- A ``TF_CPP_MIN_LOG_LEVEL`` the user set themselves, and ``--verbosity`` / ``-v`` on a
+  command line, turn both off: TensorFlow's logging is then theirs to manage.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 import sys
+import threading
 
 from absl import logging as absl_logging
 
-# 3: none of TensorFlow's C++ INFO, WARNING or ERROR lines (errors reach the user as
-# exceptions). Among them: "Local rendezvous is aborting with status: INVALID_ARGUMENT:
-# assertion failed", printed when verify's too-small-image rule is *passing*.
+# 3: none of TensorFlow's C++ INFO, WARNING or ERROR lines in our CLIs (errors reach the user
+# as exceptions).
 _NATIVE_ENV = {"TF_CPP_MIN_LOG_LEVEL": "3"}
 _VERBOSE_FLAGS = ("-v", "--v", "--verbosity")
+# Read before we set anything: a level the user chose means they manage TensorFlow's logs.
+_USER_LEVEL = os.environ.get("TF_CPP_MIN_LOG_LEVEL")
+# A C++ log line (absl's format: "W1202 18:19:24.517804  3616 file.cc:412] ...", or before
+# absl is set up "I0000 00:00:1796235660.696066  4222 port.cc:153] ..."), and the
+# line absl prints before its logging is set up.
+_NATIVE_LINE = re.compile(
+    rb"[IWEF]\d{4} \d\d:\d\d:\d+\.\d+ +\d+ [^\s:\]]+:\d+\] "
+    rb"|WARNING: All log messages before absl::InitializeLog\(\) is called"
+)
+# What continues the C++ line before it: cpu_feature_guard's second line, an op error's
+# indented "[[{{node ...}}]]".
+_CONTINUATION = re.compile(rb"\s|To enable the following instructions")
 
 
 def running_cli(argv: list[str] | None = None) -> bool:
@@ -35,41 +60,157 @@ def verbose(argv: list[str] | None = None) -> bool:
     return any(arg.split("=")[0] in _VERBOSE_FLAGS for arg in argv[1:])
 
 
-def quiet_native_logs() -> None:
-    """In our CLIs, import TensorFlow with its C++ logging off, unless verbose.
+def _filtering() -> bool:
+    """Whether native log lines are ours to drop (see the module's docstring)."""
+    if running_cli():
+        return not verbose(sys.orig_argv[1:])
+    return _USER_LEVEL is None
 
-    ``TF_CPP_MIN_LOG_LEVEL`` (kept if the user set it) silences TensorFlow's own logging.
-    The lines printed while its libraries load ("All log messages before
-    absl::InitializeLog() is called are written to STDERR", "Could not find cuda drivers")
-    come from absl's C++ logging, which no variable controls: the import runs with the
-    process's standard error sent to /dev/null. An import error still surfaces, as a Python
-    exception, once standard error is back.
-    """
-    if not running_cli() or verbose(sys.orig_argv[1:]):
-        return
-    for name, value in _NATIVE_ENV.items():
-        os.environ.setdefault(name, value)
+
+def is_native_log(line: bytes, after_native: bool = False) -> bool:
+    """Whether ``line`` is (or, right after one, continues) a C++ log line of TensorFlow's."""
+    return bool(_NATIVE_LINE.match(line) or (after_native and _CONTINUATION.match(line)))
+
+
+class _NativeLogFilter(contextlib.ContextDecorator):
+    """While active, file descriptor 2 is a pipe, and a thread copies on every line of it
+    that is not a native log line to the real standard error. Re-entrant and thread-safe:
+    the outermost use starts and stops it."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._depth = 0
+        self._restore = None
+
+    def __enter__(self):
+        with self._lock:
+            self._depth += 1
+            if self._depth == 1 and _filtering():
+                self._restore = _divert_stderr()
+        return self
+
+    def __exit__(self, *exc_info):
+        with self._lock:
+            self._depth -= 1
+            if self._depth == 0 and self._restore is not None:
+                restore, self._restore = self._restore, None
+                restore()
+        return False
+
+
+def _divert_stderr():
+    """Send file descriptor 2 through ``_copy_kept_lines``; returns what undoes it."""
     sys.stderr.flush()
-    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        import tensorflow  # noqa: F401
-    finally:
-        os.dup2(saved, 2)
+    read, write = os.pipe()
+    saved = os.dup(2)
+    os.dup2(write, 2)
+    os.close(write)
+    copier = threading.Thread(
+        target=_copy_kept_lines, args=(read, os.dup(saved)), name="exporter-log-filter",
+        daemon=True,
+    )  # fmt: skip
+    copier.start()
+
+    def restore():
+        sys.stderr.flush()
+        os.dup2(saved, 2)  # Closes the pipe's last writer: the copier reads to its end.
         os.close(saved)
-        os.close(devnull)
+        # A child process still holding the pipe keeps it open: do not wait for it forever.
+        copier.join(timeout=10)
+
+    return restore
+
+
+def _copy_kept_lines(read: int, out: int) -> None:
+    """Copy what arrives on ``read`` to ``out``, less native log lines, until it closes.
+
+    A line is held until its end only while it may still turn out to be native (it starts
+    like one): a progress bar's partial line passes at once.
+    """
+    pending, after_native, passing = b"", False, False
+    try:
+        while chunk := os.read(read, 1 << 16):
+            pending += chunk
+            kept = []
+            while pending:
+                end = pending.find(b"\n")
+                if passing or (end < 0 and not _may_be_native(pending)):
+                    piece = pending if end < 0 else pending[: end + 1]
+                    kept.append(piece)
+                    pending, passing, after_native = pending[len(piece) :], end < 0, False
+                    continue
+                if end < 0:
+                    break
+                line, pending = pending[: end + 1], pending[end + 1 :]
+                after_native = is_native_log(line, after_native)
+                if not after_native:
+                    kept.append(line)
+            _write_all(out, b"".join(kept))
+        if pending and not is_native_log(pending, after_native):
+            _write_all(out, pending)
+    finally:
+        os.close(read)
+        os.close(out)
+
+
+def _may_be_native(start: bytes) -> bool:
+    """Whether a line that begins with ``start`` could still turn out to be native."""
+    return start[:1] in (b"I", b"W", b"E", b"F", b"T", b"\t", b" ")
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    while data:
+        data = data[os.write(fd, data) :]
+
+
+native_logs_filtered = _NativeLogFilter()
+
+
+def quiet_tensorflow_logs() -> contextlib.AbstractContextManager:
+    """A context (and decorator) in which TensorFlow's C++ log lines are not printed.
+
+    Our exports use it themselves; wrap your own training in it too (the recipes do). Off
+    when you set ``TF_CPP_MIN_LOG_LEVEL`` yourself. Everything else written to standard
+    error passes, in order.
+
+    Example:
+        >>> with exporter.quiet_tensorflow_logs():
+        ...     model.fit(data)
+    """
+    return native_logs_filtered
+
+
+def quiet_native_logs() -> None:
+    """Load TensorFlow without its C++ start-up lines; in our CLIs, with its logging off.
+
+    In a CLI, ``TF_CPP_MIN_LOG_LEVEL`` (kept if the user set it) silences TensorFlow's own
+    logging. The lines printed while its libraries load come from absl's C++ logging, which
+    no variable controls: they are filtered out (``native_logs_filtered``). An import
+    error still surfaces, as a Python exception.
+    """
+    if not _filtering() or "tensorflow" in sys.modules:
+        return
+    if running_cli():
+        for name, value in _NATIVE_ENV.items():
+            os.environ.setdefault(name, value)
+    with native_logs_filtered:
+        import tensorflow  # noqa: F401
 
 
 def quiet_python_logs() -> None:
-    """After absl parsed the flags: our ``exporter`` stage lines at INFO, the rest at WARNING.
+    """After absl parsed a CLI's flags: our stage lines at INFO, TensorFlow's at WARNING.
 
     TensorFlow's Python side logs through absl ("Writing fingerprint to ...", one line per
     sharding callback), and while saving it sets absl's verbosity and restores it from the
     ``--verbosity`` flag: so the flag itself is lowered, not a logger's level.
-    ``--verbosity`` / ``-v`` keeps what the user asked for.
+    ``--verbosity`` / ``-v`` keeps what the user asked for, and puts a time on our lines.
     """
     logging.getLogger("exporter").setLevel(logging.INFO)
-    if not verbose():
+    if verbose():
+        from exporter import progress
+
+        progress.show_times()
+    else:
         absl_logging.set_verbosity(absl_logging.WARNING)
 
 

@@ -16,12 +16,17 @@ Writes ``EXPORTS/feature_vector`` and ``EXPORTS/classifier`` (with the class nam
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
+# isort: split
+import exporter  # First: TensorFlow then loads without its C++ start-up lines.
+
+# isort: split
 import keras
 from absl import app, flags, logging
 
-import exporter
+from exporter.console import as_flags  # A library message's weights="none" as --weights=none.
 
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Folder with one subfolder of images per class.")
 _OUT_DIR = flags.DEFINE_string("out_dir", None, "Where to write the two SavedModels.")
@@ -69,7 +74,8 @@ def finetune(
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
     )
-    model.fit(data, epochs=epochs, verbose=2)
+    # The dataset shuffles itself (fit's own shuffle applies to arrays only).
+    model.fit(data, epochs=epochs, verbose=2, shuffle=False)
     return model, body, head, class_names
 
 
@@ -90,6 +96,17 @@ def main(argv):
     del argv
     if not _DATA_DIR.value or not _OUT_DIR.value:
         raise app.UsageError("--data_dir and --out_dir are required.")
+    # TensorFlow's own INFO lines off (absl's default is INFO); exporter prints its own.
+    logging.set_verbosity(logging.WARNING)
+    try:
+        paths = _finetune_and_export()
+    except exporter.Error as error:  # Weights out of reach, a bad flag, an existing output...
+        sys.exit(f"error: {as_flags(str(error), ('weights', 'overwrite'))}")
+    for path in paths:
+        print(f"exported {path}")
+
+
+def _finetune_and_export():
     _, body, head, class_names = finetune(
         _DATA_DIR.value,
         backbone=_BACKBONE.value,
@@ -99,13 +116,12 @@ def main(argv):
         batch_size=_BATCH_SIZE.value,
         learning_rate=_LEARNING_RATE.value,
     )
-    paths = export(
+    return export(
         body, head, class_names, _OUT_DIR.value, backbone=_BACKBONE.value,
         overwrite=_OVERWRITE.value,
     )  # fmt: skip
-    for path in paths:
-        logging.info("exported %s", path)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    with exporter.quiet_tensorflow_logs():  # TensorFlow's C++ log lines, from its first op on.
+        app.run(main)

@@ -21,13 +21,17 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 from pathlib import Path
 
+# isort: split
+import exporter  # First: TensorFlow then loads without its C++ start-up lines.
+
+# isort: split
 import keras
 import tensorflow as tf
 from absl import app, flags, logging
 
-import exporter
 from exporter.making.save import check_destination
 
 STRATEGIES = ("default", "mirrored", "multi_worker")
@@ -161,7 +165,7 @@ def train_custom_loop(strategy, model, data, *, epochs, initial_epoch, batch_siz
         for images, labels in batches:
             total += float(step(images, labels))
             count += 1
-        logging.info("Epoch %d/%d: loss %.4f", epoch + 1, epochs, total / max(count, 1))
+        print(f"Epoch {epoch + 1}/{epochs}: loss {total / max(count, 1):.4f}", flush=True)
         save(epoch + 1)
 
 
@@ -201,7 +205,7 @@ def finetune_export(
     # The layer loads the SavedModel's variables, so it is made inside the scope.
     with distribution.scope():
         if checkpoint is not None:
-            logging.info("Resuming from %s (epoch %d).", checkpoint, initial_epoch)
+            print(f"Resuming from {checkpoint} (epoch {initial_epoch}).", flush=True)
             model = keras.models.load_model(
                 checkpoint, custom_objects={"HeadDropout": exporter.HeadDropout}
             )
@@ -241,16 +245,23 @@ def reexport(model: keras.Model, class_names: list[str], out: Path, *, overwrite
 
 def main(argv):
     del argv
-    path = finetune_export(
-        _EXPORT.value, _DATA_DIR.value, _OUT_DIR.value, fine_tune=_FINE_TUNE.value,
-        epochs=_EPOCHS.value, batch_size=_BATCH_SIZE.value, learning_rate=_LEARNING_RATE.value,
-        strategy=_STRATEGY.value, image_size=_IMAGE_SIZE.value, dropout_rate=_DROPOUT_RATE.value,
-        overwrite=_OVERWRITE.value,
-    )  # fmt: skip
+    # TensorFlow's own INFO lines off (absl's default is INFO); exporter prints its own.
+    logging.set_verbosity(logging.WARNING)
+    try:
+        path = finetune_export(
+            _EXPORT.value, _DATA_DIR.value, _OUT_DIR.value, fine_tune=_FINE_TUNE.value,
+            epochs=_EPOCHS.value, batch_size=_BATCH_SIZE.value,
+            learning_rate=_LEARNING_RATE.value, strategy=_STRATEGY.value,
+            image_size=_IMAGE_SIZE.value, dropout_rate=_DROPOUT_RATE.value,
+            overwrite=_OVERWRITE.value,
+        )  # fmt: skip
+    except (exporter.Error, FileNotFoundError) as error:  # A missing export, a bad flag...
+        sys.exit(f"error: {error}")
     if path is not None:
-        logging.info("Wrote the classifier to %s", path)
+        print(f"Wrote the classifier to {path}")
 
 
 if __name__ == "__main__":
     flags.mark_flags_as_required(["export", "data_dir", "out_dir"])
-    app.run(main)
+    with exporter.quiet_tensorflow_logs():  # TensorFlow's C++ log lines, from its first op on.
+        app.run(main)

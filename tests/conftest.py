@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -225,6 +226,29 @@ def tree_state(root: Path) -> dict[str, tuple[int, int]]:
         info = path.stat()
         state[str(path.relative_to(root))] = (info.st_size, info.st_mtime_ns)
     return state
+
+
+# What a user's standard error must not show (issue 25): TensorFlow's C++ log lines and
+# absl's prefix (one format), Python logging's default format, tracebacks.
+FOREIGN_LINE = re.compile(
+    r"[IWEF]\d{4} \d\d:\d\d:\d+\.\d+ +\d+ \S+:\d+\]|WARNING: All log messages before absl"
+    r"|(INFO|WARNING|ERROR):(root|tensorflow|absl):|Traceback \(most recent call last\)"
+)
+
+
+def foreign_lines(text: str) -> list[str]:
+    """The lines of ``text`` that are not ours (``FOREIGN_LINE``), or over 300 characters."""
+    return [line for line in text.splitlines() if FOREIGN_LINE.match(line) or len(line) > 300]
+
+
+def run_as_new_user(command: list[str], env: dict | None = None, timeout: int = 600):
+    """Run ``command`` from the repository as a new user would: with no TF_CPP_MIN_LOG_LEVEL
+    of their own (the suite sets one); ``env`` adds to the environment."""
+    environ = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
+    environ.pop("TF_CPP_MIN_LOG_LEVEL", None)
+    return subprocess.run(
+        command, cwd=REPO, env=environ, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def run_cli(module: str, *flags: str, env: dict | None = None, timeout: int = 600):

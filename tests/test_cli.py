@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 import tensorflow as tf
-from conftest import REPO, run_cli, tree_state
+from conftest import REPO, foreign_lines, run_cli, tree_state
 
-from exporter import console
+from exporter import console, progress
 
 # A closed local port as proxy makes Keras' real ImageNet download fail fast, online or not.
 NO_NETWORK = {"HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9",
@@ -29,7 +29,8 @@ def test_feature_vector_cli_exports_and_logs_each_stage(tmp_path):
         assert f"{stage} done in" in done.stderr
     # Quiet by default: our stage lines and the result, none of TensorFlow's own logging.
     lines = done.stderr.splitlines()
-    assert lines and all(STAGE_LINE.match(line) for line in lines), done.stderr
+    assert lines and all(STAGE_LINE.fullmatch(line) for line in lines), done.stderr
+    assert not foreign_lines(done.stderr), done.stderr
     # --weights=none: the last line says, once, that the weights are random (issue 25).
     assert lines[-1].endswith(f"exported to {out} (random weights: its outputs carry no "
                               "meaning; for trying it out)"), lines[-1]  # fmt: skip
@@ -41,29 +42,56 @@ def test_feature_vector_cli_exports_and_logs_each_stage(tmp_path):
     assert sorted(p.name for p in out.parent.iterdir()) == ["mobilenet_v2"]
 
 
-STAGE_LINE = re.compile(r"I\d{4} [\d:.]+ +\d+ (progress|cli)\.py:\d+\] ")
+# Plain: no absl prefix, no time (issue 25).
+STAGE_LINE = re.compile(r"[a-z][^ ]*( [^ ]+)* (\.\.\.|done in \d+\.\d s)|exported to .+")
 
 
 def test_verbosity_flag_brings_tensorflow_logging_back():
-    # Importing exporter quiets TensorFlow's C++ logging only in our own CLIs, and not with
-    # -v / --verbosity (any value) or a level the user set.
+    # Importing exporter sets TF_CPP_MIN_LOG_LEVEL only in our own CLIs, and not with
+    # -v / --verbosity (any value). It loads TensorFlow without its C++ start-up lines in
+    # Python too, but not with -v in a CLI or a level the user set.
     code = (
         "import os, sys; sys.orig_argv = sys.argv[1:]; import exporter; "
         "print(os.environ.get('TF_CPP_MIN_LOG_LEVEL'))"
     )
-    cases = {
-        ("python", "-m", "exporter.check", "DIR"): "3",
-        ("python", "-m", "exporter.feature_vector", "-v", "1"): "None",
+    cases = {  # argv, the level the user set -> the level then, whether C++ lines show.
+        (("python", "-m", "exporter.check", "DIR"), None): ("3", False),
+        (("python", "-m", "exporter.feature_vector", "-v", "1"), None): ("None", True),
+        (("python", "train.py"), None): ("None", False),
+        (("python", "train.py"), "0"): ("0", True),
     }
     clean = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
-    for argv, expected in cases.items():
+    for (argv, level), (expected, native) in cases.items():
+        env = {
+            **clean,
+            "PYTHONPATH": str(REPO),
+            **({"TF_CPP_MIN_LOG_LEVEL": level} if level else {}),
+        }
         done = subprocess.run(
-            [sys.executable, "-c", code, *argv], env={**clean, "PYTHONPATH": str(REPO)},
+            [sys.executable, "-c", code, *argv], env=env,
             capture_output=True, text=True, timeout=300, cwd=REPO,
         )  # fmt: skip
         assert done.stdout.strip() == expected, (argv, done.stdout, done.stderr[-2000:])
+        assert bool(foreign_lines(done.stderr)) == native, (argv, done.stderr[-2000:])
     assert console.verbose(["prog", "--verbosity=0"]) and not console.verbose(["prog", "-x"])
     assert not console.running_cli(["python", "-m", "pytest", "tests"])
+
+
+def test_stage_lines_are_plain_and_timed_only_when_verbose(capsys, monkeypatch):
+    with progress.stage("probe"):
+        pass
+    assert capsys.readouterr().err.splitlines() == ["probe ...", "probe done in 0.0 s"]
+    monkeypatch.setattr(sys, "argv", ["prog", "-v", "0"])
+    try:
+        console.quiet_python_logs()  # What a CLI runs once its flags are parsed.
+        with progress.stage("probe"):
+            pass
+    finally:
+        progress.show_times(False)
+    timed = capsys.readouterr().err.splitlines()
+    assert len(timed) == 2 and re.fullmatch(r"\d{4}-\d\d-\d\d [\d:,]+ probe \.\.\.", timed[0]), (
+        timed
+    )
 
 
 def test_classification_cli_with_labels_and_weights_file(tmp_path, weights_file):

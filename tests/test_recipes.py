@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import REPO
+from conftest import REPO, foreign_lines, run_as_new_user
+from test_cli import NO_NETWORK
 
 CLASSES = ("cat", "dog")
 
@@ -33,10 +34,15 @@ def test_finetune_and_export_recipe(image_folder, tmp_path):
         f"--out_dir={out}", "--backbone=mobilenet_v2", "--weights=none", "--image_size=48",
         "--epochs=2", "--batch_size=4",
     ]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    done = run_as_new_user(command)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Epoch 2/2" in done.stdout + done.stderr
+    # Our stage lines, Keras' epochs, the paths: none of TensorFlow's own lines (issue 25).
+    assert not foreign_lines(done.stdout + done.stderr), done.stdout + done.stderr
+    assert done.stdout.splitlines()[-2:] == [
+        f"exported {out / 'feature_vector'}",
+        f"exported {out / 'classifier'}",
+    ]
     classifier = tf.saved_model.load(str(out / "classifier"))
     feature_vector = tf.saved_model.load(str(out / "feature_vector"))
     images = tf.random.uniform([3, 48, 48, 3])
@@ -48,6 +54,23 @@ def test_finetune_and_export_recipe(image_folder, tmp_path):
     parameters = inspect.signature(classifier.__call__).parameters
     assert parameters["dropout_rate"].default == 0.2
     assert parameters["batch_norm_momentum"].default == 0.999
+
+
+def test_finetune_and_export_recipe_without_reachable_weights_says_so_in_one_line(
+    image_folder, tmp_path
+):
+    command = [
+        sys.executable, "recipes/finetune_and_export.py", f"--data_dir={image_folder}",
+        f"--out_dir={tmp_path / 'exports'}", "--image_size=48",
+    ]  # fmt: skip
+    done = run_as_new_user(command, NO_NETWORK | {"KERAS_HOME": str(tmp_path / "keras-home")})
+    assert done.returncode == 1, done.stderr[-3000:]
+    lines = done.stderr.splitlines()
+    assert not foreign_lines(done.stderr.replace(lines[-1], "")), done.stderr  # No traceback.
+    assert lines[-1].startswith("error: Could not fetch the ImageNet weights of mobilenet_v2")
+    assert "Use --weights=none for random initialization" in lines[-1], lines[-1]
+    assert len(lines) <= 2, done.stderr  # The stage line that failed, then the error.
+    assert not (tmp_path / "exports").exists()
 
 
 def test_export_reproduces_the_finetuned_keras_model(image_folder, tmp_path):
@@ -70,11 +93,11 @@ def test_export_reproduces_the_finetuned_keras_model(image_folder, tmp_path):
 
 
 def _finetune_export(*flags: str):
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    command = [sys.executable, "recipes/finetune_export.py", *flags]
-    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    done = run_as_new_user([sys.executable, "recipes/finetune_export.py", *flags])
     assert done.returncode == 0, done.stderr[-3000:]
-    return done.stdout + done.stderr
+    output = done.stdout + done.stderr
+    assert not foreign_lines(output), output  # Only our own lines (issue 25).
+    return output
 
 
 def test_finetune_export_recipe_resumes_and_re_exports_a_conforming_classifier(

@@ -47,7 +47,10 @@ def resolve_weights(weights: str | os.PathLike | None) -> str | Path | None:
 def _construct(backbone: registry.Backbone, weights, hint: str = "", **kwargs) -> keras.Model:
     keras_weights = "imagenet" if weights == "imagenet" else None
     try:
-        model = backbone.build(weights=keras_weights, **kwargs)
+        with warnings.catch_warnings():
+            # MobileNets built for any size load their 224 weights, as intended, and warn.
+            warnings.filterwarnings("ignore", message="`input_shape` is undefined or non-square")
+            model = backbone.build(weights=keras_weights, **kwargs)
     except Exception as error:
         if keras_weights is None:
             raise

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from exporter.console import native_logs_filtered
 from exporter.errors import ExportError
 from exporter.making import external, precision, registry, serving
 from exporter.making.build import build_classifier, build_feature_vector
@@ -30,6 +31,7 @@ def read_labels(path: str | os.PathLike) -> list[str]:
     return text.rstrip("\n").split("\n") if text.strip() else []
 
 
+@native_logs_filtered  # See exporter.console.
 def export_feature_vector(
     backbone: str | os.PathLike,
     out: str | os.PathLike,
@@ -81,6 +83,7 @@ def _check_serving(serving_inputs, compute_dtype: str) -> None:
     precision.check(compute_dtype)
 
 
+@native_logs_filtered  # See exporter.console.
 def export_classifier(
     backbone: str | os.PathLike,
     out: str | os.PathLike,

@@ -24,6 +24,7 @@ import tensorflow as tf
 
 from exporter import siblings, spec
 from exporter.checking import conformance, numeric, savedmodel
+from exporter.console import native_logs_filtered
 from exporter.errors import ExportError, UnsafeOpsError
 from exporter.making import card, precision, serving
 from exporter.making.module import ImageModule
@@ -87,6 +88,7 @@ def check_destination(out: str | os.PathLike, overwrite: bool) -> Path:
 
 
 # Long: its docstring documents the public API; the stages share one cleanup.
+@native_logs_filtered  # TensorFlow's C++ lines while it saves and verifies: exporter.console.
 def save(
     module: ImageModule,
     out: str | os.PathLike,

@@ -15,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -23,6 +24,28 @@ import tensorflow as tf
 
 from exporter.checking import savedmodel
 from exporter.errors import UnsafeOpsError
+
+
+
+class _BeamNoise(logging.Filter):
+    """Drops two warnings Beam logs on the root logger that say nothing about a local run.
+
+    "apitools not found ... bigquery" comes when Beam loads (we use no BigQuery), and
+    "Resource module is not available ..., memory usage cannot be fetched" from each
+    RunInference (a metric we do not report).
+    """
+
+    TEXTS = (
+        "apitools not found, and bigquery client libraries",
+        "Resource module is not available for current platform",
+    )
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.TEXTS)
+
+
+if not any(isinstance(f, _BeamNoise) for f in logging.getLogger().filters):
+    logging.getLogger().addFilter(_BeamNoise())
 
 try:
     import apache_beam as beam

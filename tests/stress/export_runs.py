@@ -67,7 +67,7 @@ class Export:
         self.process.kill()
 
     def _read(self, line: str) -> str:
-        # "I1127 10:23:09.131656 1397836 progress.py:15] save ..." -> "save ..."
+        # Our lines are plain ("save ..."); with -v a time comes first, absl's "...] save ...".
         message = line.rstrip("\n").split("] ", 1)[-1]
         self.lines.append((time.monotonic() - self.started, message))
         return message

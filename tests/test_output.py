@@ -1,0 +1,55 @@
+"""What a user sees on standard error: our own lines, none of TensorFlow's (issue 25).
+
+The CLIs' own output is checked in ``test_cli``, the recipes' in ``test_recipes``.
+"""
+
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import foreign_lines, run_as_new_user, run_cli
+from test_cli import STAGE_LINE
+
+
+@pytest.fixture(scope="module")
+def python_export(tmp_path_factory):
+    """A feature vector exported from Python, and what that process printed."""
+    out = tmp_path_factory.mktemp("python-export") / "mobilenet_v2"
+    code = (
+        "import sys, exporter\n"
+        "exporter.export_feature_vector('mobilenet_v2', sys.argv[1], weights='none')\n"
+    )
+    return out, run_as_new_user([sys.executable, "-c", code, str(out)])
+
+
+def test_a_python_export_prints_only_its_stage_lines(python_export):
+    out, done = python_export
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout == ""
+    lines = done.stderr.splitlines()
+    assert lines and all(STAGE_LINE.fullmatch(line) for line in lines), done.stderr
+    assert not foreign_lines(done.stderr), done.stderr
+    finished = [line.split(" done in ")[0] for line in lines if " done in " in line]
+    assert finished[0].startswith("build mobilenet_v2") and finished[1:] == [
+        "trace", "save", "verify"
+    ], finished  # fmt: skip
+    assert (out / "saved_model.pb").is_file()
+
+
+def test_exporter_embed_prints_only_its_summary(python_export, tmp_path):
+    out, _ = python_export
+    rng = np.random.default_rng(0)
+    for index in range(3):
+        pixels = rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)
+        tf.io.write_file(str(tmp_path / "images" / f"{index}.png"), tf.io.encode_png(pixels))
+    done = run_cli(
+        "embed", f"--model={out}", f"--images={tmp_path / 'images'}",
+        f"--out={tmp_path / 'out' / 'vectors'}", "--image_size=32",
+        env={"TF_CPP_MIN_LOG_LEVEL": None},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    # Neither Beam's "apitools not found" nor its "Resource module is not available".
+    assert done.stderr == "", done.stderr
+    assert done.stdout.startswith("embedded 3 images, 0 failed"), done.stdout
+    assert not foreign_lines(done.stdout)

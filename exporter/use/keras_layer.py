@@ -3,8 +3,19 @@
 ``tensorflow_hub.KerasLayer`` is a tf-keras layer: a Keras 3 model refuses it. Keras 3's own
 ``TFSMLayer`` calls a serving signature, so it never passes ``training``, drops
 ``regularization_losses``, returns a dict and takes no hparams. ``KerasLayer`` here calls the
-root ``__call__(images, training=..., **arguments)`` as hub does, and tracks the restored
+root ``__call__(inputs, training=..., **arguments)`` as hub does, and tracks the restored
 variables as its weights (shared, never copied), so the optimizer updates the SavedModel.
+
+It behaves as ``hub.KerasLayer`` does on tensorflow_hub's own test suite
+(``tests/test_hub_keras_layer_suite.py``): inputs of any dtype and structure that the
+SavedModel traced (images, strings, ints, dicts, lists, and Python or NumPy values, which
+are converted to tensors of the traced dtype); outputs as the SavedModel returns them (a
+tensor, a dict, a list, nested), with the output structure of the trace that matches the
+inputs and arguments in use; ``output_shape=`` for outputs whose shapes the SavedModel
+does not state; ``regularization_losses`` in ``layer.losses`` / ``model.losses`` whenever
+the layer is trainable (toggling ``trainable`` shows at once); ``resolved_object``;
+``load_options``; and hub's argument checks. What still differs, and why, is in
+``docs/consuming.md`` ("Migrating from ``hub.KerasLayer``").
 
 Migrating from tensorflow_hub means changing one import::
 
@@ -15,15 +26,20 @@ from __future__ import annotations
 
 import contextvars
 import inspect
+import logging
 import os
 from pathlib import Path
+from typing import NamedTuple
 
 import keras
+import numpy as np
 import tensorflow as tf
 from keras.src.saving import serialization_lib
 
 from exporter.checking import savedmodel
 from exporter.errors import UnsafeOpsError
+
+logger = logging.getLogger(__name__)
 
 UnsafeSavedModelError = UnsafeOpsError  # The name this module raised before.
 _OPT_IN = (
@@ -37,14 +53,168 @@ _FILE_OPT_IN = (
 _FROM_FILE: contextvars.ContextVar[bool] = contextvars.ContextVar("from_file", default=False)
 
 
-def _structure(outputs):
-    """The restored function's output structure, as TensorSpecs."""
-    return tf.nest.map_structure(lambda t: tf.TensorSpec(t.shape, t.dtype), outputs)
+class _Trace(NamedTuple):
+    """One traced call: its arguments by name, its first input's specs, its output specs."""
+
+    bound: dict
+    first: object
+    outputs: object
+
+
+# -- nests of shapes, specs and values --------------------------------------------------------
+
+
+def _to_shapes(value):
+    """A nest of shapes (lists or tuples of ints and None) as a nest of ``tf.TensorShape``."""
+    if isinstance(value, dict):
+        return {key: _to_shapes(item) for key, item in value.items()}
+    if isinstance(value, tf.TensorShape):
+        return value
+    try:
+        return tf.TensorShape(value)
+    except (TypeError, ValueError):
+        pass
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to_shapes(item) for item in value)
+    raise TypeError(
+        "Expected output_shape to be a shape without the batch dimension (a list or tuple of "
+        f"ints and None), or a dict, list or tuple of such shapes. Received: {value!r}."
+    )
+
+
+def _from_shapes(shapes):
+    """The inverse of ``_to_shapes``, as JSON-friendly lists."""
+    return tf.nest.map_structure(lambda shape: shape.as_list(), shapes)
+
+
+def _is_tensor(value) -> bool:
+    return isinstance(value, (keras.KerasTensor, tf.Variable)) or tf.is_tensor(value)
+
+
+def _holds_tensors(value) -> bool:
+    return any(_is_tensor(leaf) for leaf in tf.nest.flatten(value)) or any(
+        isinstance(item, dict) for item in value
+    )
+
+
+def _dtype_fits(have, want: tf.DType, cast_floats: bool = True) -> bool:
+    try:
+        have = tf.as_dtype(have)
+    except TypeError:  # e.g. a NumPy string dtype: the conversion decides.
+        return True
+    if cast_floats and have.is_floating and want.is_floating:
+        return True  # Cast to the traced dtype (mixed precision hands us float16).
+    return have == want or (have.is_integer and want.is_integer)
+
+
+def _fits(value, spec, shapes_only: bool = False, cast_floats: bool = True) -> bool:
+    """Whether ``value`` (tensors, Python values, or shapes) could be passed for ``spec``
+    (with a float of another width cast, if ``cast_floats``)."""
+    if isinstance(spec, tf.TensorSpec):
+        if isinstance(value, dict):
+            return False
+        if shapes_only:
+            try:
+                shape = tf.TensorShape(value)
+            except (TypeError, ValueError):
+                return False
+        else:
+            dtype = getattr(value, "dtype", None)
+            if dtype is not None and not _dtype_fits(dtype, spec.dtype, cast_floats):
+                return False
+            shape = getattr(value, "shape", None)
+            try:
+                shape = tf.TensorShape(np.shape(value) if shape is None else shape)
+            except (TypeError, ValueError):  # A ragged Python list: the conversion decides.
+                return True
+        return spec.shape.is_compatible_with(shape)
+    if isinstance(spec, dict):
+        return (
+            isinstance(value, dict)
+            and set(value) == set(spec)
+            and all(_fits(value[key], spec[key], shapes_only, cast_floats) for key in spec)
+        )
+    if isinstance(spec, (list, tuple)):
+        return (
+            isinstance(value, (list, tuple))
+            and len(value) == len(spec)
+            and all(_fits(v, s, shapes_only, cast_floats) for v, s in zip(value, spec, strict=True))
+        )
+    return True  # Ragged, sparse or other specs: TensorFlow's own matching decides.
+
+
+def _as_inputs(value, spec):
+    """``value`` with every non-tensor converted to a tensor of the traced dtype, and every
+    floating tensor cast to the traced floating dtype; symbolic tensors are left alone."""
+    if value is None or isinstance(value, keras.KerasTensor):
+        return value
+    if _is_tensor(value):
+        if (
+            isinstance(spec, tf.TensorSpec)
+            and value.dtype.is_floating
+            and spec.dtype.is_floating
+            and value.dtype != spec.dtype
+        ):
+            return tf.cast(value, spec.dtype)
+        return value
+    if isinstance(value, dict):
+        specs = spec if isinstance(spec, dict) else {}
+        return {key: _as_inputs(item, specs.get(key)) for key, item in value.items()}
+    if isinstance(value, (list, tuple)) and not isinstance(spec, tf.TypeSpec):
+        if isinstance(spec, (list, tuple)) and len(spec) == len(value):
+            return type(value)(_as_inputs(v, s) for v, s in zip(value, spec, strict=True))
+        if _holds_tensors(value):
+            return type(value)(_as_inputs(item, None) for item in value)
+    dtype = spec.dtype if isinstance(spec, tf.TensorSpec) else None
+    try:
+        tensor = tf.convert_to_tensor(value, dtype=dtype)
+    except (TypeError, ValueError):  # Not of the traced dtype: the SavedModel will say so.
+        tensor = tf.convert_to_tensor(value)
+    return _as_inputs(tensor, spec)
+
+
+def _specs_as_keras_tensors(shapes, spec):
+    """Keras tensors with the given shapes, shaped into ``spec``'s structure."""
+    if isinstance(spec, dict) and isinstance(shapes, dict):
+        return {key: _specs_as_keras_tensors(shapes[key], spec.get(key)) for key in shapes}
+    listed = isinstance(spec, (list, tuple)) and isinstance(shapes, (list, tuple))
+    if listed and len(spec) == len(shapes) and not _is_shape(shapes):
+        return [_specs_as_keras_tensors(s, p) for s, p in zip(shapes, spec, strict=True)]
+    dtype = spec.dtype if isinstance(spec, tf.TensorSpec) else "float32"
+    return keras.KerasTensor(tuple(shapes), dtype=dtype)
+
+
+def _is_shape(value) -> bool:
+    return all(item is None or isinstance(item, int) for item in value)
+
+
+def _describe(outputs) -> str:
+    if isinstance(outputs, dict):
+        return f"a dict ({', '.join(sorted(outputs))})"
+    if isinstance(outputs, (list, tuple)):
+        return f"a {type(outputs).__name__} of {len(outputs)}"
+    return "a single tensor"
 
 
 def _safe_name(variable: tf.Variable) -> str:
     # Keras variable names may not contain "/" (Keras 3.15); drop the ":0" suffix too.
     return variable.name.split(":")[0].replace("/", "_")
+
+
+def _check_output_arguments(signature, output_key, as_dict) -> None:
+    """hub's rules for ``signature`` / ``output_key`` / ``signature_outputs_as_dict``."""
+    if signature is not None and (output_key is None) == (not as_dict):
+        raise ValueError(
+            f"With signature={signature!r}, pass exactly one of output_key=... (to return one "
+            "of its outputs) or signature_outputs_as_dict=True (to return them all as a dict). "
+            f"Received output_key={output_key!r}, signature_outputs_as_dict={as_dict!r}."
+        )
+    if signature is None and as_dict:
+        raise ValueError(
+            "signature_outputs_as_dict=True is only valid with a signature=...; without one, "
+            "__call__'s outputs are returned as they are (a dict stays a dict). Received "
+            "signature=None, signature_outputs_as_dict=True."
+        )
 
 
 @keras.saving.register_keras_serializable(package="exporter")
@@ -55,30 +225,56 @@ class KerasLayer(keras.layers.Layer):
     training updates them in place. Its ``trainable_variables`` are trainable weights only
     when the layer is trainable, and ``training=True`` reaches the SavedModel only then
     (batch norm on batch statistics, updating its moving averages; dropout on). While
-    trainable, every call adds the SavedModel's ``regularization_losses`` with ``add_loss``.
+    trainable, ``layer.losses`` (and so ``model.losses``) holds the SavedModel's
+    ``regularization_losses``, evaluated whenever they are read; toggling ``trainable``
+    shows at once.
+
+    Inputs may be any dtype and structure the SavedModel traced: a tensor, a dict or list of
+    tensors, or Python and NumPy values (converted to tensors of the traced dtype). Floating
+    inputs are cast to the traced floating dtype (so ``mixed_float16`` models work); floating
+    outputs are cast to the layer's compute dtype, other outputs keep their dtype. Outputs
+    keep the SavedModel's structure.
 
     Create the layer (or load a model holding it) inside the ``tf.distribute`` strategy
     scope it trains in: the restored variables are made by that strategy.
 
     Args:
-        handle: The SavedModel directory.
-        trainable: Whether fine-tuning updates the SavedModel's trainable variables.
+        handle: The SavedModel directory (local, or any filesystem TensorFlow reads).
+        trainable: Whether fine-tuning updates the SavedModel's trainable variables. Not
+            with ``signature`` (calling the layer then raises ``ValueError``, as in hub). A
+            trainable layer whose SavedModel has no trainable variables logs an error once.
         arguments: Extra keyword arguments of ``__call__``, such as the hparams
-            ``dropout_rate`` or ``batch_norm_momentum``.
+            ``dropout_rate`` or ``batch_norm_momentum``; with ``signature``, extra named
+            inputs of that signature.
         signature: Call this signature instead of ``__call__`` (inference only: no
-            ``training``, no ``arguments``).
-        output_key: The output to return from a dict of outputs (a signature's).
-        signature_outputs_as_dict: Return a signature's whole dict of outputs.
+            ``training``). Needs exactly one of ``output_key`` and
+            ``signature_outputs_as_dict``. A dict input is passed as its named inputs.
+        output_key: The output to return from a dict of outputs. Given for ``__call__``,
+            calling the layer raises ``ValueError`` if ``__call__`` returns no dict.
+        signature_outputs_as_dict: Return a signature's whole dict of outputs (only with
+            ``signature``).
         allow_unsafe_ops: Load a SavedModel even if it holds ops that touch files,
             processes, the network or Python (found by ``exporter.checking.unsafe_ops``).
             From a Keras file (``from_config``) this is honoured only outside Keras' safe
             mode: ``keras.models.load_model(..., safe_mode=False)``.
+        output_shape: The outputs' shapes without the batch dimension, in the outputs'
+            structure (``(2,)``, ``dict(sigma=(2,), delta=(1,))``, ``[[1], [2, 2]]``), for
+            SavedModels whose traced output shapes are partly or wholly unknown. Each output
+            is checked against it. Saved in the config.
+        tags: The MetaGraph tags to load (a TF2 SavedModel has one MetaGraph, ``serve``);
+            any other set is refused with ``ValueError``. Not saved in the config.
+        load_options: A ``tf.saved_model.LoadOptions`` passed to ``tf.saved_model.load``
+            (after the unsafe-op scan). Not saved in the config.
         **kwargs: Passed to ``keras.layers.Layer`` (``name``, ``dtype``, ...).
 
     Raises:
         FileNotFoundError: If ``handle`` does not exist.
         ValueError: If ``handle`` is not a SavedModel, or has no ``__call__`` (without
-            ``signature``), or ``signature``, ``output_key`` or an argument is unknown.
+            ``signature``), or ``signature``, ``output_key``, ``tags`` or an argument is
+            unknown, or the ``signature`` / ``output_key`` / ``signature_outputs_as_dict``
+            combination is not one hub allows.
+        TypeError: If ``load_options`` is not a ``tf.saved_model.LoadOptions`` or
+            ``output_shape`` is not a nest of shapes.
         UnsafeSavedModelError: If it holds unsafe ops and they are not allowed.
 
     Example:
@@ -98,51 +294,80 @@ class KerasLayer(keras.layers.Layer):
         output_key: str | None = None,
         signature_outputs_as_dict: bool = False,
         allow_unsafe_ops: bool = False,
+        output_shape=None,
+        tags=None,
+        load_options: tf.saved_model.LoadOptions | None = None,
         **kwargs,
     ):
+        _check_output_arguments(signature, output_key, signature_outputs_as_dict)
+        if load_options is not None and not isinstance(load_options, tf.saved_model.LoadOptions):
+            raise TypeError(
+                "Expected load_options to be a tf.saved_model.LoadOptions or None. Received: "
+                f"{type(load_options).__name__}."
+            )
         super().__init__(trainable=trainable, **kwargs)
+        # Inputs are converted here, to the SavedModel's traced dtypes (Keras would cast
+        # floats to the compute dtype, and refuse Python values passed positionally).
+        self._convert_input_args = False
         self.handle = str(handle)
         self.arguments = dict(arguments or {})
         self.signature = signature
         self.output_key = output_key
         self.signature_outputs_as_dict = bool(signature_outputs_as_dict)
         self.allow_unsafe_ops = bool(allow_unsafe_ops)
+        self._output_shape = None if output_shape is None else _to_shapes(output_shape)
+        self.tags = None if tags is None else sorted({tags} if isinstance(tags, str) else tags)
+        self.load_options = load_options
         # The variables are made by the strategy in scope now (mirrored under Mirrored...).
         self._strategy = tf.distribute.get_strategy()
         self._defaults = {}
+        self._parameters = {}
+        self._takes_training = False
+        self._logged_zero_trainable = False
         # Scalar tensors by hparam name while an export that holds this layer is traced.
         self.hparam_overrides = None
-        allowed = self.allow_unsafe_ops or serialization_lib.in_safe_mode() is False
-        opt_in = _FILE_OPT_IN if _FROM_FILE.get() else _OPT_IN
-        try:
-            self._loaded = savedmodel.load(self.handle, allow_unsafe_ops=allowed, opt_in=opt_in)
-        except savedmodel.UnreadableError as error:
-            kind = FileNotFoundError if not Path(self.handle).exists() else ValueError
-            raise kind(f"Expected a SavedModel directory as handle. {error}") from None
+        self._loaded = self._load()
         self._metadata, _ = savedmodel.metadata(self.handle)
-        self._function, self._outputs = self._find_function()
+        self._function, self._traces = self._find_function()
         self._check_output_key()
         self._track_restored_variables()
         self._build_at_init()
 
     # -- construction --------------------------------------------------------------------
 
+    def _load(self):
+        allowed = self.allow_unsafe_ops or serialization_lib.in_safe_mode() is False
+        opt_in = _FILE_OPT_IN if _FROM_FILE.get() else _OPT_IN
+        try:
+            proto = savedmodel.read(self.handle)
+            self._check_tags(proto)
+            return savedmodel.load(
+                self.handle,
+                allow_unsafe_ops=allowed,
+                opt_in=opt_in,
+                proto=proto,
+                options=self.load_options,
+            )
+        except savedmodel.UnreadableError as error:
+            kind = FileNotFoundError if not Path(self.handle).exists() else ValueError
+            raise kind(f"Expected a SavedModel directory as handle. {error}") from None
+
+    def _check_tags(self, proto) -> None:
+        if self.tags is None:
+            return
+        offered = [sorted(graph.meta_info_def.tags) for graph in proto.meta_graphs]
+        if self.tags not in offered:
+            raise ValueError(
+                f"Unknown tags {self.tags} for the SavedModel at {self.handle}; its "
+                f"MetaGraphs are tagged: {offered} (a TF2 SavedModel has one, ['serve']: "
+                "leave tags=None). The TF1 Hub format's tags are not supported."
+            )
+
     def _find_function(self):
         loaded = self._loaded
         signatures = sorted(getattr(loaded, "signatures", {}) or {})
         if self.signature is not None:
-            if self.signature not in signatures:
-                raise ValueError(
-                    f"Unknown signature {self.signature!r} in {self.handle}; it has: "
-                    f"{', '.join(signatures) or 'none'}."
-                )
-            if self.arguments:
-                raise ValueError(
-                    f"arguments are passed to __call__ only; a signature takes none. "
-                    f"Received: arguments={self.arguments!r}, signature={self.signature!r}."
-                )
-            function = loaded.signatures[self.signature]
-            return function, _structure(function.structured_outputs)
+            return self._find_signature(signatures)
         call = loaded.__call__ if callable(loaded) else None
         traced = list(getattr(call, "concrete_functions", None) or [])
         if not traced:
@@ -152,7 +377,8 @@ class KerasLayer(keras.layers.Layer):
                 "signature=... to call one for inference)."
             )
         parameters = inspect.signature(call).parameters
-        offered = [name for name in list(parameters)[1:] if name != "training"]
+        names = list(parameters)
+        offered = [name for name in names[1:] if name != "training"]
         unknown = sorted(set(self.arguments) - set(offered))
         if unknown:
             raise ValueError(
@@ -160,40 +386,65 @@ class KerasLayer(keras.layers.Layer):
                 f"__call__ offers: {', '.join(offered) or 'none'}."
             )
         self._takes_training = "training" in parameters
-        self._defaults = {
+        self._parameters = {
             name: parameters[name].default
-            for name in offered
-            if isinstance(parameters[name].default, (int, float))
-            and not isinstance(parameters[name].default, bool)
+            for name in names[1:]
+            if parameters[name].default is not inspect.Parameter.empty
         }
-        return call, _structure(traced[0].structured_outputs)
+        self._defaults = {
+            name: default
+            for name, default in self._parameters.items()
+            if name != "training"
+            and isinstance(default, (int, float))
+            and not isinstance(default, bool)
+        }
+        traces = []
+        for function in traced:
+            args, kwargs = function.structured_input_signature
+            bound = {**dict(zip(names, args, strict=False)), **kwargs}
+            first = bound.get(names[0]) if names else (args[0] if args else None)
+            traces.append(_Trace(bound, first, function.structured_outputs))
+        return call, traces
+
+    def _find_signature(self, signatures):
+        if self.signature not in signatures:
+            raise ValueError(
+                f"Unknown signature {self.signature!r} in {self.handle}; it has: "
+                f"{', '.join(signatures) or 'none'}."
+            )
+        function = self._loaded.signatures[self.signature]
+        inputs = dict(function.structured_input_signature[1])
+        unknown = sorted(set(self.arguments) - set(inputs))
+        if unknown:
+            raise ValueError(
+                f"Unknown arguments {unknown} for signature {self.signature!r} of "
+                f"{self.handle}; with a signature, arguments are its named inputs: "
+                f"{', '.join(sorted(inputs)) or 'none'}."
+            )
+        remaining = {name: spec for name, spec in inputs.items() if name not in self.arguments}
+        first = next(iter(remaining.values())) if len(remaining) == 1 else remaining
+        return function, [_Trace({}, first, function.structured_outputs)]
 
     def _check_output_key(self) -> None:
-        if not isinstance(self._outputs, dict):
-            if self.output_key is not None:
-                raise ValueError(
-                    f"output_key={self.output_key!r} given, but the SavedModel at "
-                    f"{self.handle} returns a single tensor, not a dict."
-                )
+        # A signature's outputs are known now; __call__'s depend on the call (checked then).
+        if self.signature is None or self.output_key is None:
             return
-        keys = sorted(self._outputs)
-        if self.output_key is not None and self.output_key not in self._outputs:
+        outputs = self._traces[0].outputs
+        if not isinstance(outputs, dict) or self.output_key not in outputs:
+            keys = sorted(outputs) if isinstance(outputs, dict) else []
             raise ValueError(
                 f"Unknown output_key {self.output_key!r}; the outputs are: {', '.join(keys)}."
-            )
-        if self.output_key is None and not self.signature_outputs_as_dict and len(keys) > 1:
-            raise ValueError(
-                f"The outputs are a dict ({', '.join(keys)}): pass output_key=... to pick one, "
-                "or signature_outputs_as_dict=True."
             )
 
     def _track_restored_variables(self) -> None:
         # Keras 3 wraps a tf.Variable without copying it, so the wrappers are the SavedModel's
-        # own variables; tracked before build, as TFSMLayer does (Keras 3.15).
+        # own variables; tracked before build, as TFSMLayer does (Keras 3.15). The order
+        # (variables, then any trainable one they omit) fixes the order in .keras files.
         variables = list(getattr(self._loaded, "variables", []) or [])
-        trainable = {id(v) for v in getattr(self._loaded, "trainable_variables", []) or []}
+        trainables = list(getattr(self._loaded, "trainable_variables", []) or [])
+        trainable = {id(v) for v in trainables}
         seen = set()
-        for variable in variables:
+        for variable in variables + trainables:
             if id(variable) in seen:
                 continue
             seen.add(id(variable))
@@ -205,7 +456,14 @@ class KerasLayer(keras.layers.Layer):
                 name=_safe_name(variable),
             )
             self._track_variable(wrapper)
-        self._regularization_losses = list(getattr(self._loaded, "regularization_losses", []) or [])
+        losses = list(getattr(self._loaded, "regularization_losses", []) or [])
+        if not all(callable(loss) for loss in losses):
+            raise ValueError(
+                f"Expected the SavedModel at {self.handle} to have regularization_losses "
+                "that are callables taking no arguments, each returning a scalar. Received: "
+                f"{[type(loss).__name__ for loss in losses]}."
+            )
+        self._regularization_losses = losses
 
     @property
     def hparams(self) -> dict:
@@ -214,8 +472,13 @@ class KerasLayer(keras.layers.Layer):
 
     @property
     def regularization_losses(self) -> list:
-        """The SavedModel's zero-argument loss functions (added while trainable)."""
+        """The SavedModel's zero-argument loss functions (in ``losses`` while trainable)."""
         return list(self._regularization_losses)
+
+    @property
+    def resolved_object(self):
+        """The object ``tf.saved_model.load`` restored from ``handle`` (as in hub)."""
+        return self._loaded
 
     @property
     def input_facts(self) -> dict | None:
@@ -223,15 +486,71 @@ class KerasLayer(keras.layers.Layer):
         facts = (self._metadata or {}).get("input")
         return facts if isinstance(facts, dict) else None
 
+    # -- losses --------------------------------------------------------------------------
+
+    def _get_own_losses(self):
+        # Keras 3.15's Layer.losses and Model.losses read each layer's _get_own_losses(), so
+        # the restored losses are evaluated whenever they are read, and only while trainable:
+        # no call is needed first, a toggle of `trainable` shows at once, and inside fit's
+        # traced step they are graph tensors of that step (as add_loss in call() gave).
+        losses = super()._get_own_losses()
+        if self.trainable:
+            losses.extend(tf.cast(loss(), tf.float32) for loss in self._regularization_losses)
+        return losses
+
     # -- calling ---------------------------------------------------------------------------
+
+    def __call__(self, *args, **kwargs):
+        # Keras 3 refuses a Python value passed positionally (hub takes `layer(10.)` or
+        # `layer([[1.]])`): such values become tensors of the traced dtype first.
+        if args:
+            args = (self._as_inputs(args[0]), *args[1:])
+        elif "inputs" in kwargs:
+            kwargs["inputs"] = self._as_inputs(kwargs["inputs"])
+        return super().__call__(*args, **kwargs)
+
+    def _as_inputs(self, inputs, train: bool | None = None):
+        trace = self._match(inputs, train)
+        return _as_inputs(inputs, trace.first if trace else None)
+
+    def _match(self, inputs, train: bool | None = None, shapes_only: bool = False):
+        """The trace that takes ``inputs`` (tensors, values or shapes) with our arguments.
+
+        One traced for the inputs' own dtypes comes first: an export's float64 trace refuses
+        float64 images with its own message, where a cast to float32 would hide them.
+        """
+        for cast_floats in (False, True):
+            for trace in self._traces:
+                if self._arguments_match(trace.bound, train) and _fits(
+                    inputs, trace.first, shapes_only, cast_floats
+                ):
+                    return trace
+        return None
+
+    def _arguments_match(self, bound: dict, train: bool | None) -> bool:
+        for name, traced in bound.items():
+            if name not in self._parameters or tf.nest.flatten(traced) != [traced]:
+                continue  # The input itself, or a nest: nothing to compare.
+            if isinstance(traced, tf.TypeSpec):
+                continue  # A tensor argument takes any value of its dtype.
+            if name == "training":
+                if train is None:
+                    continue
+                wanted = train
+            else:
+                wanted = self.arguments.get(name, self._parameters[name])
+            if traced != wanted:
+                return False
+        return True
 
     def call(self, inputs, training=None):
         self._check_strategy()
-        inputs = tf.nest.map_structure(lambda x: tf.cast(x, tf.float32), inputs)
+        self._check_trainability()
+        train = bool(training) and self.trainable  # hub's semantics: frozen is inference.
+        inputs = self._as_inputs(inputs, train)
         if self.signature is not None:
-            outputs = self._function(inputs)
+            outputs = self._run_signature(inputs)
         else:
-            train = bool(training) and self.trainable  # hub's semantics: frozen is inference.
             arguments = {**self.arguments, **(self.hparam_overrides or {})}
             arguments = {k: v for k, v in arguments.items() if k in self._defaults
                          or k in self.arguments}  # fmt: skip
@@ -239,12 +558,93 @@ class KerasLayer(keras.layers.Layer):
                 outputs = self._function(inputs, training=train, **arguments)
             else:
                 outputs = self._function(inputs, **arguments)
-            if self.trainable:
-                for loss in self._regularization_losses:
-                    self.add_loss(tf.cast(loss(), tf.float32))
-        if isinstance(outputs, dict) and not self.signature_outputs_as_dict:
-            outputs = outputs[self.output_key or next(iter(outputs))]
-        return tf.nest.map_structure(lambda x: tf.cast(x, self.compute_dtype), outputs)
+        outputs = self._select_output(outputs)
+        outputs = self._apply_output_shape(inputs, outputs)
+        return tf.nest.map_structure(self._cast_output, outputs)
+
+    def _run_signature(self, inputs):
+        specs = self._function.structured_input_signature[1]
+        kwargs = {name: _as_inputs(v, specs.get(name)) for name, v in self.arguments.items()}
+        if isinstance(inputs, dict):
+            return self._function(**{**kwargs, **inputs})
+        remaining = [name for name in specs if name not in kwargs]
+        if len(remaining) == 1:
+            return self._function(**{**kwargs, remaining[0]: inputs})
+        return self._function(inputs, **kwargs)
+
+    def _cast_output(self, output):
+        if output.dtype.is_floating and output.dtype != self.compute_dtype:
+            return tf.cast(output, self.compute_dtype)
+        return output
+
+    def _select_output(self, outputs):
+        if self.output_key is None:
+            return outputs
+        where = f"signature {self.signature!r}" if self.signature else "__call__"
+        if not isinstance(outputs, dict):
+            raise ValueError(
+                f"output_key={self.output_key!r} picks one output of a dict, but the "
+                f"SavedModel's {where} returns {_describe(outputs)}, not a dict. Pass "
+                "output_key=None to get its outputs as they are."
+            )
+        if self.output_key not in outputs:
+            raise ValueError(
+                f"Unknown output_key {self.output_key!r}; the outputs of {where} are: "
+                f"{', '.join(sorted(outputs))}."
+            )
+        return outputs[self.output_key]
+
+    def _check_output_shape(self, outputs) -> None:
+        try:
+            tf.nest.assert_same_structure(outputs, self._output_shape, check_types=False)
+        except (TypeError, ValueError):
+            expected = tf.nest.map_structure(lambda _: "SHAPE", outputs)
+            raise ValueError(
+                f"Expected output_shape in the structure of the SavedModel's outputs, "
+                f"{expected}. Received output_shape={_from_shapes(self._output_shape)}."
+            ) from None
+
+    def _apply_output_shape(self, inputs, outputs):
+        if self._output_shape is None:
+            return outputs
+        self._check_output_shape(outputs)
+        batch = tf.TensorShape([self._batch_size(inputs)])
+
+        def set_shape(output, shape):
+            full = batch.concatenate(shape)
+            if not output.shape.is_compatible_with(full):
+                raise ValueError(
+                    f"Expected an output of shape {full.as_list()} (output_shape={shape} "
+                    f"after the batch dimension). Received one of shape {output.shape}."
+                )
+            output.set_shape(full)
+
+        tf.nest.map_structure(set_shape, outputs, self._output_shape)
+        return outputs
+
+    @staticmethod
+    def _batch_size(inputs):
+        leaves = [leaf for leaf in tf.nest.flatten(inputs) if hasattr(leaf, "shape")]
+        shape = tuple(leaves[0].shape) if leaves else ()
+        return shape[0] if shape else None
+
+    def _check_trainability(self) -> None:
+        # hub's checks, made when the layer is called (trainable may be set at any time).
+        if not self.trainable:
+            return
+        if self.signature is not None:
+            raise ValueError(
+                f"trainable=True is unsupported when calling a SavedModel signature "
+                f"(signature={self.signature!r}): a signature computes inference only. Set "
+                "trainable=False, or leave signature=None to fine-tune through __call__."
+            )
+        if not self.trainable_weights and not self._logged_zero_trainable:
+            self._logged_zero_trainable = True
+            logger.error(
+                "exporter.KerasLayer(%r) is trainable but has zero trainable weights: its "
+                "SavedModel lists no trainable_variables, so fine-tuning changes nothing.",
+                self.handle,
+            )
 
     def _check_strategy(self) -> None:
         # Outside any scope (inference, saving after training) the variables still read.
@@ -257,18 +657,51 @@ class KerasLayer(keras.layers.Layer):
                 "created in: create the layer (or load the model) inside the scope it trains in."
             )
 
+    # -- shapes without calling --------------------------------------------------------------
+
     def compute_output_shape(self, input_shape):
-        batch = tuple(input_shape)[0] if input_shape else None
-        outputs = self._outputs
-        if isinstance(outputs, dict) and not self.signature_outputs_as_dict:
-            outputs = outputs[self.output_key or next(iter(outputs))]
-        return tf.nest.map_structure(lambda s: (batch, *s.shape.as_list()[1:]), outputs)
+        """The output shapes (tuples, batch first) for inputs of ``input_shape``: a shape, or
+        a dict or list of shapes in the structure the SavedModel takes."""
+        trace = self._match(input_shape, shapes_only=True) or self._traces[0]
+        inputs = _specs_as_keras_tensors(input_shape, trace.first)
+        return tf.nest.map_structure(lambda t: t.shape, self.compute_output_spec(inputs))
 
     def compute_output_spec(self, inputs, training=None):
-        shapes = self.compute_output_shape(tuple(inputs.shape))
-        if isinstance(shapes, dict):
-            return {k: keras.KerasTensor(v, dtype=self.compute_dtype) for k, v in shapes.items()}
-        return keras.KerasTensor(shapes, dtype=self.compute_dtype)
+        self._check_trainability()
+        train = bool(training) and self.trainable
+        trace = self._match(inputs, train) or self._traces[0]
+        outputs = self._select_output(trace.outputs)
+        batch = self._batch_size(inputs)
+        if self._output_shape is not None:
+            self._check_output_shape(outputs)
+            return tf.nest.map_structure(
+                lambda spec, shape: keras.KerasTensor(
+                    (batch, *shape.as_list()), dtype=self._output_dtype(spec)
+                ),
+                outputs,
+                self._output_shape,
+            )
+        return tf.nest.map_structure(
+            lambda spec: keras.KerasTensor(
+                self._traced_shape(spec, batch), dtype=self._output_dtype(spec)
+            ),
+            outputs,
+        )
+
+    def _traced_shape(self, spec, batch):
+        if spec.shape.rank is None:
+            raise ValueError(
+                f"The SavedModel at {self.handle} does not say its output's rank (traced as "
+                f"{spec}), and Keras 3 needs one to build a model: pass output_shape=... "
+                "(the shape after the batch dimension)."
+            )
+        dims = spec.shape.as_list()
+        if dims and dims[0] is None:
+            dims[0] = batch
+        return tuple(dims)
+
+    def _output_dtype(self, spec):
+        return self.compute_dtype if spec.dtype.is_floating else spec.dtype.name
 
     # -- serialization ---------------------------------------------------------------------
 
@@ -281,7 +714,9 @@ class KerasLayer(keras.layers.Layer):
             "output_key": self.output_key,
             "signature_outputs_as_dict": self.signature_outputs_as_dict,
             "allow_unsafe_ops": self.allow_unsafe_ops,
-        }
+            "output_shape": None if self._output_shape is None
+            else _from_shapes(self._output_shape),
+        }  # fmt: skip
 
     @classmethod
     def from_config(cls, config: dict) -> KerasLayer:

@@ -63,11 +63,80 @@ def check_images(
     channels = images.shape[-1]
     if channels != CHANNELS:
         if images.shape[1] == CHANNELS:
-            layout = " This looks like NCHW (channels first); transpose to NHWC."
+            layout = _NCHW_HINT
         else:
             layout = f" Got {channels} channels; only RGB is accepted."
         raise InvalidImagesError(f"Expected {EXPECTED}. {received}{layout}")
-    return _check_sizes(images, min_size=min_size, fixed_size=fixed_size)
+    # A signature runs as traced: TensorFlow feeds it a tensor of any shape, unchecked, so
+    # the layout is checked again at run time, before the sizes (which would misread it).
+    layout_checks = check_layout_at_run_time(images)
+    with tf.control_dependencies(layout_checks):
+        return layout_checks + _check_sizes(images, min_size=min_size, fixed_size=fixed_size)
+
+
+_NCHW_HINT = " This looks like NCHW (channels first); transpose to NHWC."
+
+
+def check_layout_at_run_time(images: tf.Tensor) -> list[tf.Operation]:
+    """Graph assertions that ``images`` (float32, of any shape) is [batch, height, width, 3].
+
+    For what only shows at run time: a restored signature given another shape, or a trace
+    whose rank is unknown. Computed from the run-time shape and element count, which
+    TensorFlow cannot fold into constants from the static shape: the channels first (with
+    the NCHW hint when the second dimension is 3), then the rank (the element count equals
+    ``batch * height * width * 3`` only for a 4-D tensor, once there are 3 channels).
+    """
+    shape = tf.shape(images, out_type=tf.int64)
+    padded = tf.concat([shape, tf.ones([4], tf.int64)], 0)  # Any rank can be indexed.
+    last = tf.concat([tf.zeros([1], tf.int64), shape], 0)[-1]  # 0 for a scalar.
+    received = tf.strings.format(
+        "Expected " + EXPECTED + ". Received: dtype=float32, shape={}.", shape, summarize=-1
+    )
+    wrong_channels = tf.not_equal(last, CHANNELS)
+    nchw = tf.logical_and(wrong_channels, tf.equal(padded[1], CHANNELS))
+    channels = [
+        tf.debugging.Assert(tf.logical_not(nchw), [received + _NCHW_HINT]),
+        tf.debugging.Assert(
+            tf.logical_not(tf.logical_and(wrong_channels, tf.logical_not(nchw))),
+            [received + tf.strings.format(" Got {} channels; only RGB is accepted.", last)],
+        ),
+    ]
+    with tf.control_dependencies(channels):
+        four_d = tf.equal(tf.size(images, out_type=tf.int64), tf.reduce_prod(padded[:3]) * 3)
+        rank = tf.debugging.Assert(
+            four_d, [received + " It is not 4-D: add a batch dimension with images[tf.newaxis]."]
+        )
+    return [*channels, rank]
+
+
+def refuse_at_run_time(images: tf.Tensor) -> list[tf.Operation]:
+    """Graph assertions for a trace that takes images of any shape (rank unknown) and dtype.
+
+    Saved beside the real traces, so that a restored ``__call__`` given a uint8, float64 or
+    wrongly shaped tensor answers with the contract's message instead of TensorFlow's "Could
+    not find matching concrete function". Input that keeps the contract is served by the
+    real traces first; should it reach this one, it is refused all the same.
+    """
+    shape = tf.shape(images, out_type=tf.int64)
+    if images.dtype != IMAGE_DTYPE:
+        message = tf.strings.format(
+            f"Expected {EXPECTED}. Received: dtype={images.dtype.name}, shape={{}}. Convert "
+            "with tf.image.convert_image_dtype(images, tf.float32).",
+            shape,
+            summarize=-1,
+        )
+        return [tf.debugging.Assert(False, [message])]
+    layout = check_layout_at_run_time(images)
+    with tf.control_dependencies(layout):
+        message = tf.strings.format(
+            f"Expected {EXPECTED}, to a trace of a known rank. Received: shape={{}}.", shape
+        )
+        return [*layout, tf.debugging.Assert(False, [message])]
+
+
+# The dtypes whose images a restored __call__ refuses with the contract's message, each in a
+# trace of unknown rank (float32 for the wrong shapes).
+REFUSED_DTYPES = (tf.float32, tf.uint8, tf.float64)
 
 
 def check_training_images(images: tf.Tensor) -> list[tf.Operation]:

@@ -53,6 +53,8 @@ class _Model(tf.Module):
 
 
 def _forward(model, images, training, broken):
+    if broken == "bad_images_refused" and images.dtype != tf.float32:  # Silently converted.
+        images = tf.ensure_shape(tf.cast(images, tf.float32) / 255.0, [None, None, None, 3])
     if broken == "input_dtype":
         images = tf.cast(images, tf.float32) / 255.0
     if broken == "input_layout":
@@ -123,6 +125,10 @@ def _broken(broken: str, directory: Path) -> Path:
                 model.__call__.get_concrete_function(spec, training=training)
             else:
                 model.__call__.get_concrete_function(spec)
+            if broken == "bad_images_refused":  # A trace that takes uint8 of any shape.
+                model.__call__.get_concrete_function(
+                    tf.TensorSpec(None, tf.uint8), training=training
+                )
 
     @tf.function(input_signature=[spec])
     def serve(images):
@@ -156,6 +162,7 @@ CATALOGUE = {
     "input_dtype": "input_dtype",
     "input_layout": "input_layout",
     "input_batch": "input_batch",
+    "bad_images_refused": "bad_images_refused",
     "output_dtype": "output_dtype",
     "output_shape": "output_shape",
     "size_independent": "size_independent",
@@ -175,7 +182,9 @@ def test_the_good_variant_passes(tmp_path):
     report = conformance.check(_broken("nothing", tmp_path / "model"))
     assert report.failed() == [], report.to_text()
     # Its einsum takes the raw pixels: input_range (issue 21) warns, as on any such model.
-    assert [r.rule for r in report.results if r.status == "warn"] == ["input_range", "metadata"]
+    # Its bad images get TensorFlow's "Could not find matching concrete function": a warning.
+    warned = [r.rule for r in report.results if r.status == "warn"]
+    assert warned == ["bad_images_refused", "input_range", "metadata"]
 
 
 @pytest.mark.parametrize("broken", ["nothing", "trainable_flags"])

@@ -1,5 +1,7 @@
 """Exports keep the contract: shapes, parity with Keras, errors, size on disk."""
 
+import json
+import re
 from pathlib import Path
 
 import keras
@@ -144,19 +146,72 @@ def test_bad_input_is_refused_in_memory(case):
     assert e.match(received)
 
 
+# What the reloaded export's message says it received: the run-time shape, "[1 3 64 64]".
+RECEIVED_AFTER_RELOAD = {
+    "NCHW": r"dtype=float32, shape=\[1 3 64 64\]\. This looks like NCHW",
+    "1 channel": r"shape=\[1 64 64 1\]\. Got 1 channels",
+    "4 channels": r"shape=\[1 64 64 4\]\. Got 4 channels",
+    "uint8": r"dtype=uint8, shape=\[1 64 64 3\]\. Convert with",
+    "float64": r"dtype=float64, shape=\[1 64 64 3\]\. Convert with",
+    "rank 3": r"shape=\[64 64 3\]\. It is not 4-D: add a batch dimension",
+}
+
+
+def _our_line(error: Exception) -> str:
+    """The line of a TensorFlow error that holds our message (one line: what was expected,
+    what was received)."""
+    lines = [line for line in str(error).splitlines() if "Expected a float32 tensor [" in line]
+    assert len(lines) == 1, str(error)
+    return lines[0]
+
+
 @pytest.mark.parametrize("case", sorted(BAD_INPUTS))
-def test_bad_input_is_refused_by_the_export(export, case):
+def test_bad_input_is_refused_by_the_reloaded_export_with_our_message(export, case):
     images, _ = BAD_INPUTS[case]
-    obj = tf.saved_model.load(str(export("feature_vector", "mobilenet_v2", "none")))
-    # TF's own signature matching refuses these; its message shows both sides.
-    with pytest.raises(ValueError, match="Could not find matching concrete function") as e:
-        obj(images)
-    assert e.match(r"TensorSpec\(shape=\(None, None, None, 3\), dtype=tf.float32")
-    assert e.match(
-        rf"shape={tuple(images.shape)} dtype={images.dtype.name}".replace("(", r"\(").replace(
-            ")", r"\)"
-        )
-    )
+    path = str(export("feature_vector", "mobilenet_v2", "none"))
+    obj = tf.saved_model.load(path)
+    calls = {
+        "__call__": obj,
+        "__call__(training=True)": lambda x: obj(x, training=True),
+        "serving_default": lambda x: obj.signatures["serving_default"](images=x),
+        # Ours hands float64 to the export's float64 trace, which refuses it.
+        "exporter.KerasLayer": exporter.KerasLayer(path),
+    }
+    for how, call in calls.items():
+        if how == "serving_default" and case in ("uint8", "float64"):
+            # A signature's dtype is fixed: TensorFlow refuses another before our graph runs.
+            with pytest.raises(tf.errors.InvalidArgumentError, match="expected to be a float"):
+                call(images)
+            continue
+        with pytest.raises(tf.errors.InvalidArgumentError) as error:
+            call(images)
+        line = _our_line(error.value)
+        assert re.search(RECEIVED_AFTER_RELOAD[case], line), (how, line)
+        assert "height and width of at least" not in str(error.value), how  # Layout first.
+
+
+def test_bad_input_is_refused_through_hub_keras_layer_with_our_message(export):
+    import tensorflow_hub as hub
+
+    path = str(export("feature_vector", "mobilenet_v2", "none"))
+    # tf-keras casts float64 to the layer's float32 by default, as Keras 3 does; the images
+    # reach the export as they are with autocast=False.
+    assert hub.KerasLayer(path)(BAD_INPUTS["float64"][0]).shape == (1, 1280)
+    layer = hub.KerasLayer(path, autocast=False)
+    for case, (images, _) in BAD_INPUTS.items():
+        with pytest.raises(tf.errors.InvalidArgumentError) as error:
+            layer(images)
+        assert re.search(RECEIVED_AFTER_RELOAD[case], _our_line(error.value)), case
+
+
+def test_the_card_states_what_refusing_costs(export):
+    path = export("feature_vector", "mobilenet_v2", "none")
+    facts = json.loads((path / "assets.extra" / "metadata.json").read_text())
+    cost = facts["input"]["refused_with_our_message"]["saved_model_pb_bytes"]
+    # Six small traces (three dtypes, both training values), no backbone graph in them.
+    assert 0 < cost < 0.05 * (path / "saved_model.pb").stat().st_size, cost
+    card = (path / "assets.extra" / "model_card.md").read_text()
+    assert f"The traces that refuse them cost {cost:,} bytes." in card
 
 
 @pytest.mark.parametrize("name", CORE)

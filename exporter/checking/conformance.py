@@ -174,6 +174,19 @@ def check(
     return _Checker(path, proto, task, allow_unsafe_ops, strict_metadata, loaded).run()
 
 
+def _bad_images(size: int) -> dict[str, np.ndarray]:
+    """One tensor of each kind the contract says is refused, ``size`` pixels a side."""
+    pixels = np.full((1, size, size, 3), 0.5, np.float32)
+    return {
+        "NCHW": pixels.transpose(0, 3, 1, 2).copy(),
+        "1 channel": pixels[..., :1].copy(),
+        "4 channels": np.concatenate([pixels, pixels[..., :1]], -1),
+        "uint8": (pixels * 255).astype(np.uint8),
+        "float64": pixels.astype(np.float64),
+        "rank 3": pixels[0].copy(),
+    }
+
+
 def _images(batch: int, size: int) -> tf.Tensor:
     rng = np.random.default_rng(size)
     return tf.constant(rng.random((batch, size, size, spec.CHANNELS), dtype=np.float32))
@@ -316,6 +329,7 @@ class _Checker:
         concrete = list(getattr(function, "concrete_functions", []) or [])
         if not concrete:
             return FAIL, "the root object has no traced __call__"
+        traces = []
         for cf in concrete:
             names = list(cf.function_type.parameters)
             args, kwargs = cf.structured_input_signature
@@ -323,8 +337,14 @@ class _Checker:
             first = bound.get(names[0]) if names else None
             if not isinstance(first, tf.TensorSpec):
                 return FAIL, f"the first argument of __call__ is not a tensor: {first!r}"
-            self.functions.append((first, bound, names))
-        return PASS, f"{len(concrete)} traced signatures"
+            traces.append((first, bound, names))
+        # Traces of unknown rank beside ones of known rank are there to refuse bad images
+        # (ours are: exporter.spec.refuse_at_run_time); the rule bad_images_refused runs them.
+        known = [trace for trace in traces if trace[0].shape.rank is not None]
+        self.functions = known or traces
+        refusing = len(traces) - len(self.functions)
+        more = f", and {refusing} of unknown rank (for bad images)" if refusing else ""
+        return PASS, f"{len(self.functions)} traced signatures{more}"
 
     @rule(
         "training_argument", "__call__ takes `training` as a named argument.", needs=("callable",)
@@ -420,6 +440,35 @@ class _Checker:
                 nchw = " (looks like NCHW, channels first)" if shape[1] == spec.CHANNELS else ""
                 return FAIL, f"images traced with shape {s.shape}{nchw}; expected [B, H, W, 3]"
         return PASS, "[batch, height, width, 3]"
+
+    @rule(
+        "bad_images_refused",
+        "Anything else (NCHW, 1 or 4 channels, uint8, float64, rank 3) is refused with an error, "
+        "never silently converted or misread (a warning where the error is not the contract's "
+        "own, which says what was expected).",
+        needs=("input_dtype", "input_layout"),
+    )
+    def _bad_images_refused(self):
+        takes_training = all("training" in names for _, _, names in self.functions)
+        call = shape_free_call(self.obj, False if takes_training else None)
+        size = self.sizes[0]
+        accepted, unexplained = [], []
+        for name, images in _bad_images(size).items():
+            try:
+                call(tf.constant(images))
+            except Exception as error:  # Refused: how clearly is the warning's business.
+                if "Expected" not in str(error):
+                    unexplained.append(name)
+                continue
+            accepted.append(name)
+        if accepted:
+            return FAIL, f"accepted instead of refused: {', '.join(accepted)}"
+        if unexplained:
+            return WARN, (
+                f"refused, but not with a message that says what was expected: "
+                f"{', '.join(unexplained)}"
+            )
+        return PASS, f"each of {len(_bad_images(size))} refused, saying what was expected"
 
     @rule(
         "input_batch", "The batch dimension of the images input is free.", needs=("input_layout",)

@@ -13,6 +13,7 @@ import keras
 import tensorflow as tf
 
 from exporter import spec
+from exporter.checking import savedmodel
 from exporter.checking.fingerprint import compute as content_fingerprint
 from exporter.making import preprocessing
 from exporter.making.hparams import HPARAMS
@@ -28,13 +29,20 @@ def _tensorflow_minor() -> str:
 
 # Long: one literal, the metadata schema, kept in one piece so it reads as the file does.
 def metadata(
-    module, signatures: list[str], *, serving_size=None, compute=None, fingerprint=None
+    module,
+    signatures: list[str],
+    *,
+    serving_size=None,
+    compute=None,
+    fingerprint=None,
+    refusal_bytes=None,
 ) -> dict:
     """Collect every fact the contract asks the documentation to state (docs/contract.md).
 
     ``serving_size`` is the size ``serving_bytes`` resizes to; ``compute`` the measured
     ``exporter.making.precision.Deviation`` of a module that computes in a lower precision;
-    ``fingerprint`` the export's content fingerprint (``exporter.checking.fingerprint.compute``).
+    ``fingerprint`` the export's content fingerprint (``exporter.checking.fingerprint.compute``);
+    ``refusal_bytes`` what the traces that only refuse bad images add to ``saved_model.pb``.
     """
     classifier = module.task == "image_classification"
     labels = getattr(module, "labels", None)
@@ -67,6 +75,12 @@ def metadata(
             "max_size": module.fixed_size,
             "native_size": module.native_size,
             "fixed_size": module.fixed_size is not None,
+            # After tf.saved_model.load, too: see spec.refuse_at_run_time.
+            "refused_with_our_message": {
+                "call": ["NCHW", "1 or 4 channels", "rank 3", "uint8", "float64"],
+                "serving_default": ["NCHW", "1 or 4 channels", "rank 3"],
+                "saved_model_pb_bytes": refusal_bytes,
+            },
         },
         "preprocessing": {
             "mode": preprocessing.name(module.preprocessing),
@@ -186,6 +200,7 @@ def card(facts: dict) -> str:
         f"- **Input**: float32 [batch, height, width, 3], RGB in [0, 1]; height and width {sizes}.",
         f"- **Preprocessing inside**: {facts['preprocessing']['description']} "
         f"(`{facts['preprocessing']['mode']}`).",
+        *_refusal_lines(size.get("refused_with_our_message")),
     ]
     if facts["classes"]:
         classes = facts["classes"]
@@ -257,6 +272,29 @@ def _compute_lines(compute: dict) -> list[str]:
     ]
 
 
+def _refusal_lines(refused: dict | None) -> list[str]:
+    if not refused:
+        return []
+    cost = refused.get("saved_model_pb_bytes")
+    return [
+        "- **Bad input**: NCHW, 1 or 4 channels, rank 3, uint8 and float64 are refused with a "
+        "message naming what was expected and received, after `tf.saved_model.load` too "
+        "(`serving_default` checks the layout; TensorFlow itself refuses another dtype "
+        "there)" + (f". The traces that refuse them cost {cost:,} bytes." if cost else ".")
+    ]
+
+
+def refusal_bytes(module, directory: Path) -> int | None:
+    """What the traces that only refuse bad images (``module.refusal_functions()``) take up
+    in ``directory``'s ``saved_model.pb``; None if it has none."""
+    names = set(module.refusal_functions())
+    if not names:
+        return None
+    proto = savedmodel.read(directory)
+    library = proto.meta_graphs[0].graph_def.library.function
+    return sum(f.ByteSize() for f in library if f.signature.name in names)
+
+
 def write(
     module, directory: Path, signatures: list[str], *, serving_size=None, compute=None
 ) -> dict:
@@ -271,6 +309,7 @@ def write(
         serving_size=serving_size,
         compute=compute,
         fingerprint=content_fingerprint(directory),
+        refusal_bytes=refusal_bytes(module, directory),
     )
     facts_file = directory / spec.METADATA_FILE
     facts_file.parent.mkdir(exist_ok=True)

@@ -130,7 +130,9 @@ class ImageModule(tf.Module):
             tunable={"dropout_rate": dropouts, "batch_norm_momentum": norms, "nested": nested},
             rewrites=Rewrites(layers, norms),
             float32_twin=float32_twin,
-            traces={},  # trace()'s concrete functions: {False: ..., True: ..., "serve": ...}.
+            # trace()'s concrete functions: {False: ..., True: ..., "serve": ...,
+            # ("refuse", dtype name, training): ...}.
+            traces={},
         )
         self._make_call()
 
@@ -225,6 +227,8 @@ class ImageModule(tf.Module):
         images, training = arguments.pop("images"), arguments.pop("training")
         if not isinstance(training, bool):
             raise TypeError(f"Expected training to be a Python bool. Received: {training!r}.")
+        if getattr(images, "shape", None) is not None and images.shape.rank is None:
+            return self._refusal(images)  # Only trace() makes these: see spec.REFUSED_DTYPES.
         if not training:
             return self._inference(images, arguments)
         # A restored __call__ re-infers shapes for each concrete input; a too-small image
@@ -243,6 +247,13 @@ class ImageModule(tf.Module):
         # Shape-free, for the reason in _traced_call; serve checks the sizes again.
         images = self._checked_images(images, False, forget_size=True, also=checked.values())
         return self.serve(images)[self.output_name]
+
+    def _refusal(self, images):
+        """A trace for images of unknown rank and any dtype: it fails with the contract's
+        message at run time (``spec.refuse_at_run_time``), and costs no backbone graph."""
+        width = self.num_features if self._held.head is None else self.num_classes
+        with tf.control_dependencies(spec.refuse_at_run_time(images)):
+            return tf.zeros([0, width], tf.float32)
 
     @tf.function(input_signature=[spec.IMAGE_SPEC], autograph=False)
     def serve(self, images):
@@ -310,7 +321,17 @@ class ImageModule(tf.Module):
                 functions[training] = traced.get_concrete_function(
                     spec.IMAGE_SPEC, training=training, **hparams
                 )
+            # After the real ones: a restored function calls the first trace that matches.
+            for dtype in spec.REFUSED_DTYPES:
+                for training in (False, True):
+                    functions["refuse", dtype.name, training] = traced.get_concrete_function(
+                        tf.TensorSpec(None, dtype, name="images"), training=training, **hparams
+                    )
             functions["serve"] = self.serve.get_concrete_function()
+
+    def refusal_functions(self) -> list[str]:
+        """The names of the traces that only refuse bad images (``_refusal``), once traced."""
+        return [f.name.decode() for key, f in self._held.traces.items() if isinstance(key, tuple)]
 
     def traced_inference(self, images) -> tf.Tensor:
         """Inference through the trace that ``trace()`` made and the export saves.

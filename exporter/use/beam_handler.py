@@ -26,7 +26,6 @@ from exporter.checking import savedmodel
 from exporter.errors import UnsafeOpsError
 
 
-
 class _BeamNoise(logging.Filter):
     """Drops two warnings Beam logs on the root logger that say nothing about a local run.
 

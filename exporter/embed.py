@@ -55,6 +55,11 @@ _ALLOW_UNSAFE_OPS = flags.DEFINE_bool(
 )  # fmt: skip
 
 USAGE_ERROR, FAILED = 2, 1
+# The library's messages name its arguments (`top_k=0`); here they are these flags.
+_FLAG_NAMES = tuple(
+    flag.name for flag in (_MODEL, _IMAGES, _OUT, _BATCH_SIZE, _IMAGE_SIZE, _FORMAT, _TOP_K,
+                           _RUNNER, _ALLOW_UNSAFE_OPS)
+)  # fmt: skip
 
 
 def _parse(argv: list[str]) -> list[str]:
@@ -103,7 +108,7 @@ def main(argv: list[str]) -> int:
             allow_unsafe_ops=_ALLOW_UNSAFE_OPS.value,
         )
     except EmbedError as error:
-        print(f"error: {console.as_flags(str(error), (_ALLOW_UNSAFE_OPS.name,))}", file=sys.stderr)
+        print(f"error: {console.as_flags(str(error), _FLAG_NAMES)}", file=sys.stderr)
         return USAGE_ERROR
     except Exception as error:  # The pipeline itself failed: Beam has logged the details.
         logging.exception("pipeline failed")

@@ -254,9 +254,18 @@ def test_a_model_the_runtime_cannot_run_is_an_export_error(tmp_path):
     assert list(folder.iterdir()) == []
 
 
+def test_the_cli_names_its_flag_where_the_library_names_its_argument(source, converted):
+    out = converted("onnx").path  # Already written there by the CLI.
+    done = run_cli("convert", str(source), "--to=onnx", f"--out={out}")
+    assert done.returncode != 0
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"error: {out} exists; pass --overwrite to replace it."
+    ), done.stderr
+
+
 def test_existing_output_is_refused(tmp_path):
     (tmp_path / "model.tflite").write_bytes(b"keep me")
-    with pytest.raises(ExportError, match="exists; pass --overwrite"):
+    with pytest.raises(ExportError, match="exists; pass overwrite=True to replace it"):
         convert.convert(tmp_path / "export", tmp_path / "model.tflite", to="litert")
     assert (tmp_path / "model.tflite").read_bytes() == b"keep me"
 

@@ -197,9 +197,9 @@ def convert(
 def _check_out(out: Path, sidecar: Path, overwrite: bool) -> None:
     for path in (out, sidecar):
         if path.is_dir():
-            raise ExportError(f"Expected --out to be a file path. Received a directory: {path}.")
+            raise ExportError(f"Expected out to be a file path. Received a directory: out={path}.")
         if path.exists() and not overwrite:
-            raise ExportError(f"{path} exists; pass --overwrite to replace it.")
+            raise ExportError(f"{path} exists; pass overwrite=True to replace it.")
     if not out.parent.is_dir():
         raise ExportError(f"No such directory: {out.parent}.")
 

@@ -95,7 +95,7 @@ def describe_model(model: str, *, allow_unsafe_ops: bool = False) -> ModelFacts:
         labels = savedmodel.labels(path)
         fingerprint = _fingerprint(path)
     except (savedmodel.UnreadableError, UnsafeOpsError, OSError, ValueError) as error:
-        raise EmbedError(f"--model: {error}") from None
+        raise EmbedError(f"model={model}: {error}") from None
     facts = savedmodel.metadata(path)[0] or {}
     size = facts.get("input") or {}
     task = facts.get("task")
@@ -253,7 +253,7 @@ def _parquet_schema(facts: ModelFacts, top_k: int | None):
         import pyarrow as pa
     except ImportError:
         raise EmbedError(
-            "--format=parquet needs pyarrow: pip install 'tfhub-exporter[beam]'"
+            "format=\"parquet\" needs pyarrow: pip install 'tfhub-exporter[beam]'"
         ) from None
     fields = [("path", pa.string()), (facts.output, pa.list_(pa.float32()))]
     if top_k:
@@ -353,16 +353,16 @@ def _image_size(facts: ModelFacts, image_size: int | None) -> int:
     if image_size is None:
         return facts.native_size or DEFAULT_SIZE
     if image_size < 1:
-        raise EmbedError(f"--image_size must be a positive number of pixels; got {image_size}.")
+        raise EmbedError(f"image_size={image_size}: expected a positive number of pixels.")
     if facts.fixed_size and facts.native_size and image_size != facts.native_size:
         raise EmbedError(
-            f"--image_size: the model takes exactly {facts.native_size}x{facts.native_size} "
-            f"images; got {image_size}."
+            f"image_size={image_size}: the model takes exactly "
+            f"{facts.native_size}x{facts.native_size} images."
         )
     if facts.min_size and image_size < facts.min_size:
         raise EmbedError(
-            f"--image_size: the model needs at least {facts.min_size}x{facts.min_size} images; "
-            f"got {image_size}."
+            f"image_size={image_size}: the model needs at least "
+            f"{facts.min_size}x{facts.min_size} images."
         )
     return image_size
 
@@ -371,14 +371,14 @@ def _check_top_k(facts: ModelFacts, top_k: int | None) -> None:
     if top_k is None:
         return
     if top_k < 1:
-        raise EmbedError(f"--top_k must be at least 1; got {top_k}.")
+        raise EmbedError(f"top_k={top_k}: expected at least 1.")
     if facts.task == "image_feature_vector":
         raise EmbedError(
-            f"--top_k needs a classifier; {facts.path} is an image feature vector "
+            f"top_k={top_k} needs a classifier; {facts.path} is an image feature vector "
             "(its records hold the embedding)."
         )
     if facts.labels is not None and top_k > len(facts.labels):
-        raise EmbedError(f"--top_k is {top_k}, but the model has {len(facts.labels)} classes.")
+        raise EmbedError(f"top_k={top_k}, but the model has {len(facts.labels)} classes.")
 
 
 def pipeline(
@@ -421,9 +421,9 @@ def pipeline(
         ...     result["records"] | beam.Map(print)
     """
     if format not in FORMATS:
-        raise EmbedError(f"--format must be one of {', '.join(FORMATS)}; got {format!r}.")
+        raise EmbedError(f'format="{format}": expected one of {", ".join(FORMATS)}.')
     if batch_size < 1:
-        raise EmbedError(f"--batch_size must be at least 1; got {batch_size}.")
+        raise EmbedError(f"batch_size={batch_size}: expected at least 1.")
     facts = describe_model(model, allow_unsafe_ops=allow_unsafe_ops)
     size = _image_size(facts, image_size)
     _check_top_k(facts, top_k)
@@ -471,9 +471,9 @@ def _check_images(images: str) -> str:
     try:
         found = FileSystems.match([pattern])[0].metadata_list
     except Exception as error:  # Beam raises BeamIOError, or the filesystem's own errors.
-        raise EmbedError(f"--images: cannot list {images}: {error}") from None
+        raise EmbedError(f"images={images}: cannot list it: {error}") from None
     if not found:
-        raise EmbedError(f"--images: no files match {images} (searched {pattern}).")
+        raise EmbedError(f"images={images}: no files match (searched {pattern}).")
     return pattern
 
 
@@ -487,7 +487,7 @@ def _check_out(out: str) -> None:
             pass
     except OSError as error:
         raise EmbedError(
-            f"--out: cannot write into {directory}: {error.strerror or error}."
+            f"out={out}: cannot write into {directory}: {error.strerror or error}."
         ) from None
 
 

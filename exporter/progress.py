@@ -18,7 +18,7 @@ import time
 logger = logging.getLogger("exporter")
 
 
-class _StandardError(logging.StreamHandler):
+class _StderrHandler(logging.StreamHandler):
     """Writes to whatever ``sys.stderr`` is when a line comes (test runners replace it)."""
 
     @property
@@ -30,7 +30,7 @@ class _StandardError(logging.StreamHandler):
         del value  # StreamHandler sets it; sys.stderr is read at each line instead.
 
 
-_handler = _StandardError()
+_handler = _StderrHandler()
 _handler.setFormatter(logging.Formatter("%(message)s"))
 logger.addHandler(_handler)
 logger.setLevel(logging.INFO)

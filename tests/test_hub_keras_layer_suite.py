@@ -498,24 +498,31 @@ def test_save_model_config(saved, fmt):
 # -- KerasLayerTest ---------------------------------------------------------------------------
 
 
+# Upstream's three ways to read plus-one: __call__, a signature's dict, one of its keys.
+SIGNATURE_CASES = [
+    (None, None, False), ("serving_default", None, True), ("serving_default", "output_0", False)
+]  # fmt: skip
+
+
+def _plus_one_layer(saved, signature, output_key, as_dict):
+    return exporter.KerasLayer(
+        saved(write_plus_one),
+        signature=signature,
+        output_key=output_key,
+        signature_outputs_as_dict=as_dict,
+    )
+
+
 def test_load_with_defaults(saved):
     """KerasLayerTest.test_load_with_defaults."""
     layer = exporter.KerasLayer(saved(write_plus_one))
     assert float(layer(10.0)) == 11.0  # A Python float, passed positionally.
 
 
-@pytest.mark.parametrize(
-    "signature, output_key, as_dict",
-    [(None, None, False), ("serving_default", None, True), ("serving_default", "output_0", False)],
-)
+@pytest.mark.parametrize("signature, output_key, as_dict", SIGNATURE_CASES)
 def test_load_callable_saved_model_with_signature(saved, signature, output_key, as_dict):
     """KerasLayerTest.test_load_callable_saved_model_v2_with_signature (its 3 cases)."""
-    layer = exporter.KerasLayer(
-        saved(write_plus_one),
-        signature=signature,
-        output_key=output_key,
-        signature_outputs_as_dict=as_dict,
-    )
+    layer = _plus_one_layer(saved, signature, output_key, as_dict)
     output = layer(10.0)
     if as_dict:
         assert isinstance(output, dict)
@@ -536,18 +543,10 @@ def test_load_callable_keras_default_saved_model_with_signature(saved):
     assert float(exporter.KerasLayer(path, trainable=True)(10.0, training=True)) == 11.0
 
 
-@pytest.mark.parametrize(
-    "signature, output_key, as_dict",
-    [(None, None, False), ("serving_default", None, True), ("serving_default", "output_0", False)],
-)
+@pytest.mark.parametrize("signature, output_key, as_dict", SIGNATURE_CASES)
 def test_keras_layer_get_config(saved, signature, output_key, as_dict):
     """KerasLayerTest.test_keras_layer_get_config (its 3 cases)."""
-    layer = exporter.KerasLayer(
-        saved(write_plus_one),
-        signature=signature,
-        output_key=output_key,
-        signature_outputs_as_dict=as_dict,
-    )
+    layer = _plus_one_layer(saved, signature, output_key, as_dict)
     outputs = layer(10.0)
     new_layer = exporter.KerasLayer.from_config(_json_cycle(layer.get_config()))
     new_outputs = new_layer(10.0)

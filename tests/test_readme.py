@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import tensorflow as tf
 from conftest import REPO
 
@@ -61,10 +62,95 @@ def _fresh_venv(tmp_path: Path) -> tuple[Path, str, dict]:
     return venv, purelib, env
 
 
-def test_quick_start_first_command_in_a_fresh_venv(tmp_path):
-    repo = tmp_path / "repo"
+# Pages in the order a reader meets them: the README, then the docs as mkdocs lists them.
+PAGES = ["README.md"] + [
+    f"docs/{name}" for name in re.findall(r":\s*(\S+\.md)", (REPO / "mkdocs.yml").read_text())
+]
+FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.S | re.M)
+RUN = {"bash", "python"}
+# Blocks shown but not run here, by their first line, each with the reason. A synopsis
+# (placeholders such as NAME, [--flag], a|b) is grammar, not a command, and is recognised by
+# its placeholders.
+NOT_RUN = {
+    'pip install ".[test]" && python -m pytest': "this suite: CI runs it as written",
+    "python benchmarks/compare.py": "a benchmark of many exports (an hour on 2 cores)",
+    'pip install "tfhub-exporter[beam]" "apache-beam[gcp]"': "Dataflow: needs a Google Cloud"
+    " project and bucket (the wheel name it stages is checked with the wheel's build)",
+}
+SYNOPSIS = re.compile(r"\[--|=[A-Z][A-Z_]*\b|\w\|\w")
+
+
+def _first_line(text: str) -> str:
+    return text.strip().split("\n")[0]
+
+
+def doc_blocks() -> list[tuple[str, int, str, str]]:
+    """Every fenced block of the README and the docs: (page, line, language, text)."""
+    blocks = []
+    for page in PAGES:
+        text = (REPO / page).read_text()
+        for match in FENCE.finditer(text):
+            line = text.count("\n", 0, match.start()) + 1
+            blocks.append((page, line, match.group(1), match.group(2)))
+    return blocks
+
+
+def test_every_block_is_run_or_says_why_not():
+    """A command is never hidden in a block the runner skips: a ``text`` block is a
+    synopsis or listed in NOT_RUN, and fences are bash, python, text or json."""
+    blocks = doc_blocks()
+    assert len(blocks) > 20
+    for page, line, language, text in blocks:
+        where = f"{page}:{line}"
+        assert language in RUN | {"text", "json"}, f"{where}: fence {language!r}"
+        if language == "text" and _first_line(text) not in NOT_RUN:
+            commands = text.replace("\\\n", " ").strip().split("\n")
+            unlisted = [command for command in commands if not SYNOPSIS.search(command)]
+            assert not unlisted, f"{where}: a runnable command in a text block: {unlisted}"
+    shown = {_first_line(text) for *_, text in blocks}
+    assert not set(NOT_RUN) - shown, f"NOT_RUN lists blocks no page shows: {set(NOT_RUN) - shown}"
+
+
+def offline(language: str, text: str) -> str:
+    """The one change offline: registered backbones get random weights (no download)."""
+    if language == "python":
+        return text.replace('weights="imagenet"', 'weights="none"')
+    names = set(registry.names())
+    lines = []
+    for line in text.split("\n"):
+        backbone = re.search(
+            r"exporter\.(?:feature_vector|classification) .*--backbone=(\S+)", line
+        )
+        if backbone and backbone.group(1) in names and "--weights=" not in line:
+            line += " --weights=none"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def _user_files(repo: Path, home: Path) -> None:
+    """What the pages assume the reader has: ``~/photos`` and a ``labels.txt``."""
+    from PIL import Image
+
+    photos = home / "photos"
+    photos.mkdir(parents=True)
+    pixels = np.random.default_rng(0).integers(0, 256, (3, 96, 128, 3), dtype=np.uint8)
+    Image.fromarray(pixels[0]).save(photos / "cat.jpg")
+    Image.fromarray(pixels[1]).save(photos / "dog.png")
+    Image.fromarray(pixels[2]).convert("L").save(photos / "bird.jpg")
+    (photos / "notes.txt").write_text("not an image\n")
+    (repo / "labels.txt").write_text("\n".join(f"class_{i}" for i in range(10)) + "\n")
+
+
+def test_every_readme_and_docs_block_runs_as_written(tmp_path):
+    """A reader's session: in a fresh venv, the quick start's first command, then every
+    bash and python block of the README and the docs in page order, in one checkout, as
+    written (only ``--weights=none`` / ``weights="none"`` added: no downloads here).
+    A block printed twice (the README and a page) runs once."""
+    repo, home = tmp_path / "repo", tmp_path / "home"
     _copy_tracked_files(repo)
+    _user_files(repo, home)
     venv, purelib, env = _fresh_venv(tmp_path)
+    env["HOME"] = str(home)
     done = subprocess.run(
         ["bash", "-c", quick_start_commands()[0]], cwd=repo, env=env,
         capture_output=True, text=True, timeout=900,
@@ -79,6 +165,32 @@ def test_quick_start_first_command_in_a_fresh_venv(tmp_path):
     assert installed.startswith(purelib), installed
     obj = tf.saved_model.load(str(repo / "exports" / "mobilenet_v2"))
     assert obj(tf.zeros([1, 224, 224, 3])).shape == (1, 1280)
+    seen, failures, ran = set(), [], 0
+    for page, line, language, text in doc_blocks():
+        # The quick start: its first command ran above, its second is this suite.
+        quick_start = text.strip().split("\n") == quick_start_commands()
+        if language not in RUN or _first_line(text) in NOT_RUN or text in seen or quick_start:
+            continue
+        seen.add(text)
+        source = offline(language, text)
+        if language == "python":
+            command = [str(venv / "bin" / "python"), "-c", source]
+        else:
+            command = ["bash", "-e", "-o", "pipefail", "-c", source]
+        done = subprocess.run(
+            command, cwd=repo, env=env, capture_output=True, text=True, timeout=900
+        )
+        ran += 1
+        if done.returncode != 0:
+            failures.append(f"{page}:{line} exit {done.returncode}\n{done.stderr[-1500:]}")
+    assert not failures, "\n\n".join(failures)
+    assert ran >= 15, ran
+    # What the blocks claim to write is there.
+    made = ["exports/mobilenet_v2_cls", "mobilenet_v2.tflite", "mobilenet_v2.onnx"]
+    made += ["exports/vit_new_head", "exports/mine_affine", "exports/my_classifier"]
+    for path in made:
+        assert (repo / path).exists(), path
+    assert sorted(p.name for p in repo.glob("embeddings/photos-errors-*.jsonl"))
 
 
 def test_docs_list_the_rules_as_declared():
@@ -123,7 +235,10 @@ def test_the_distribution_installs_under_its_own_name(tmp_path):
          "-w", str(wheels), str(repo)],
         check=True, capture_output=True, timeout=600,
     )  # fmt: skip
-    assert [w.name.split("-")[0] for w in wheels.glob("*.whl")] == ["tfhub_exporter"]
+    built = [w.name for w in wheels.glob("*.whl")]
+    assert [name.split("-")[0] for name in built] == ["tfhub_exporter"]
+    # The Dataflow example (not run here) stages the wheel by its file name.
+    assert f"dist/{built[0]}" in (REPO / "docs" / "embedding.md").read_text(), built
     venv, purelib, env = _fresh_venv(tmp_path)
     pip = [venv / "bin" / "pip", "install", "--no-index", "--find-links", str(wheels)]
     # The suite's own install is visible from the fresh venv: force ours into it (its

@@ -1,7 +1,8 @@
 """The one harness for every performance figure we publish: ours against its anchors.
 
 Usage:
-    python benchmarks/compare.py [--backbones=mobilenet_v2,resnet50,efficientnet_v2_s|all]
+    python benchmarks/compare.py
+        [--backbones=mobilenet_v2,resnet50,efficientnet_v2_s,keras_hub_vit_b16|all]
         [--figures=export,load,latency,finetune] [--exporters=ours,keras3,tf_keras]
         [--repeats=3] [--size=224] [--batches=1,16] [--calls=10] [--finetune_batch=16]
         [--finetune_steps=5] [--results_dir=benchmarks/results] [--scratch=DIR]
@@ -55,13 +56,14 @@ if _CHECKOUT and str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 FIGURE_GROUPS = ("export", "load", "latency", "finetune")
-DEFAULT_BACKBONES = ["mobilenet_v2", "resnet50", "efficientnet_v2_s"]
+# The keras-hub ViT-B/16 (workers.KERAS_HUB) is measured against model.export of its classifier.
+DEFAULT_BACKBONES = ["mobilenet_v2", "resnet50", "efficientnet_v2_s", "keras_hub_vit_b16"]
 
 _BACKBONES = flags.DEFINE_list(
     "backbones",
     DEFAULT_BACKBONES,
-    "Comma-separated registered backbone names, or 'all' for "
-    "every registered one (hours: for a person to run, not CI).",
+    "Comma-separated backbone names: registered ones and keras-hub ones (keras_hub_vit_b16), "
+    "or 'all' for every registered one (hours: for a person to run, not CI).",
 )
 _FIGURES = flags.DEFINE_list(
     "figures",

@@ -97,22 +97,36 @@ def timed(run, calls: int) -> list[dict]:
     return out
 
 
-def op_times(run, calls: int, logdir: Path) -> dict[str, dict]:
-    """Self time and count per op type per call, from the profiler's framework_op_stats."""
+def profiled(run, calls: int, logdir: Path) -> tuple[Path, list[float]]:
+    """``calls`` calls of ``run`` under TensorFlow's profiler: its ``.xplane.pb`` file and
+    each call's wall time (seconds)."""
     import tensorflow as tf
-    from tensorflow.python.profiler.internal import _pywrap_profiler_plugin as plugin
 
+    walls = []
     tf.profiler.experimental.start(str(logdir))
     try:
         for _ in range(calls):
+            start = time.perf_counter()
             run()
+            walls.append(time.perf_counter() - start)
     finally:
         tf.profiler.experimental.stop()
     [xspace] = sorted(logdir.rglob("*.xplane.pb"))[-1:]
-    data, ok = plugin.xspace_to_tools_data([str(xspace)], "framework_op_stats", {})
+    return xspace, walls
+
+
+def _tool(xspace: Path, tool: str):
+    from tensorflow.python.profiler.internal import _pywrap_profiler_plugin as plugin
+
+    data, ok = plugin.xspace_to_tools_data([str(xspace)], tool, {})
     if not ok:
-        raise RuntimeError(f"the profiler's framework_op_stats failed: {data[:300]!r}")
-    [table] = json.loads(data)[:1]
+        raise RuntimeError(f"the profiler's {tool} failed: {data[:300]!r}")
+    return json.loads(data)
+
+
+def op_stats(xspace: Path, calls: int) -> dict[str, dict]:
+    """Self time and count per op type per call, from the profiler's framework_op_stats."""
+    [table] = _tool(xspace, "framework_op_stats")[:1]
     columns = [column["id"] for column in table["cols"]]
     by_type: dict[str, dict] = collections.defaultdict(lambda: {"self_ms": 0.0, "count": 0.0})
     for row in table["rows"]:
@@ -121,6 +135,54 @@ def op_times(run, calls: int, logdir: Path) -> dict[str, dict]:
         entry["self_ms"] += cell["total_self_time"] / 1000 / calls
         entry["count"] += cell["occurrences"] / calls
     return dict(by_type)
+
+
+def op_times(run, calls: int, logdir: Path) -> dict[str, dict]:
+    """Self time and count per op type per call of ``run``, profiled ``calls`` times."""
+    return op_stats(profiled(run, calls, logdir)[0], calls)
+
+
+# Host events of the trace: the Python thread inside TensorFlow's C API (a tf.function's
+# call, an eager op), and deleting tensor handles (freeing a step's tensors).
+_CALLS_INTO_TF = ("TFE_Py_ExecuteCancelable", "TFE_Py_FastPathExecute_C")
+_DELETES = "TFE_DeleteTensorHandle"
+
+
+def _union_ms(intervals: list[tuple[float, float]]) -> float:
+    """The length of the union of ``(start, end)`` intervals (microseconds), in ms."""
+    total, end = 0.0, float("-inf")
+    for start, stop in sorted(intervals):
+        if stop > end:
+            total += stop - max(start, end)
+            end = stop
+    return total / 1000
+
+
+def host_times(xspace: Path, walls: list[float]) -> dict[str, float]:
+    """Where a call's wall time goes, per call, from the profiler's trace (every event of
+    every thread): in TensorFlow's C API from Python (``in_tf_ms``; the rest of the wall
+    time is Python's, ``python_ms``), op kernels run (``ops`` and their summed
+    ``op_ms``), executor steps (``executor_steps``: a step schedules ready ops), any
+    thread running an op (``op_busy_ms``: the union over threads), and deleting tensor
+    handles (``delete_ms``)."""
+    events = [e for e in _tool(xspace, "trace_viewer@")["traceEvents"] if e.get("ph") == "X"]
+    calls = len(walls)
+    span = [(e["ts"], e["ts"] + e.get("dur", 0.0)) for e in events]
+    into_tf = [s for e, s in zip(events, span, strict=True) if e["name"] in _CALLS_INTO_TF]
+    ops = [s for e, s in zip(events, span, strict=True) if "is_eager" in e.get("args", {})]
+    wall_ms = 1000 * sum(walls) / calls
+    in_tf_ms = _union_ms(into_tf) / calls
+    return {
+        "wall_ms": wall_ms,
+        "in_tf_ms": in_tf_ms,
+        "python_ms": wall_ms - in_tf_ms,
+        "ops": len(ops) / calls,
+        "op_ms": sum(b - a for a, b in ops) / 1000 / calls,
+        "op_busy_ms": _union_ms(ops) / calls,
+        "executor_steps": sum(e["name"] == "ExecutorState::Process" for e in events) / calls,
+        "delete_ms": sum(b - a for e, (a, b) in zip(events, span, strict=True)
+                         if e["name"] == _DELETES) / 1000 / calls,
+    }  # fmt: skip
 
 
 def latency_variants(name: str, weights: Path, path: Path, batch: int, size: int):
@@ -210,11 +272,14 @@ def main(argv):
             for variant in harness.rotated(names, round_):
                 print(f"op_profile: round {round_ + 1}, {variant}", file=sys.stderr, flush=True)
                 calls[variant] += timed(variants[variant], _CALLS.value)
-        ops = {v: op_times(variants[v], _PROFILED.value, scratch / f"profile-{v}") for v in names}
+        ops, host = {}, {}
+        for v in names:
+            xspace, walls = profiled(variants[v], _PROFILED.value, scratch / f"profile-{v}")
+            ops[v], host[v] = op_stats(xspace, len(walls)), host_times(xspace, walls)
     report = {
         "backbone": name, "mode": _MODE.value, "batch": batch, "size": size,
         "variants": names, "calls": calls, "median": {v: summary(calls[v]) for v in names},
-        "op_types": ops, "machine": harness.machine_info(REPO),
+        "op_types": ops, "host": host, "machine": harness.machine_info(REPO),
     }  # fmt: skip
     print(render(report, _TOP.value))
     if _JSON.value:
@@ -271,7 +336,31 @@ def render(report: dict, top: int) -> str:
     lines.append(f"| (idle, no op running) | {idle[0]:.1f} | {idle[1]:.1f} | | | |")
     lines.append("")
     lines.append("Op self times are per call, under the profiler; op time summed over threads.")
+    if "host" in report:
+        lines += ["", *host_table(report)]
     return "\n".join(lines)
+
+
+HOST_ROWS = {
+    "wall_ms": "wall time, profiled (ms)",
+    "python_ms": "Python outside TensorFlow's C API (ms)",
+    "in_tf_ms": "in TensorFlow's C API (ms)",
+    "op_busy_ms": "some thread running an op (ms)",
+    "op_ms": "op time, summed over threads (ms)",
+    "ops": "ops run",
+    "executor_steps": "executor steps",
+    "delete_ms": "deleting tensor handles (ms)",
+}
+
+
+def host_table(report: dict) -> list[str]:
+    """Per call, from the profiler's trace: where the wall time goes, ours against anchor."""
+    ours, anchor = report["variants"]
+    a, b = report["host"][ours], report["host"][anchor]
+    lines = [f"| per call, from the trace | {ours} | {anchor} | difference |", "|---|---|---|---|"]
+    for key, label in HOST_ROWS.items():
+        lines.append(f"| {label} | {a[key]:.1f} | {b[key]:.1f} | {a[key] - b[key]:+.1f} |")
+    return lines
 
 
 if __name__ == "__main__":

@@ -158,6 +158,26 @@ def test_op_profile_counts_each_op_type_per_call(tmp_path):
     assert any("Relu" in kind for kind in ops), sorted(ops)
 
 
+def test_op_profile_splits_a_call_into_python_tensorflow_and_ops(tmp_path):
+    """The trace's host figures of one tf.function call: two ops (the convolution and the
+    ReLU) in one executor step, inside the C API call, which lies inside the wall time."""
+    import numpy as np
+    import op_profile
+    import tensorflow as tf
+
+    kernel = tf.constant(np.ones((3, 3, 3, 4), np.float32))
+    images = tf.constant(np.ones((2, 64, 64, 3), np.float32))
+    function = tf.function(lambda: tf.nn.relu(tf.nn.conv2d(images, kernel, 1, "SAME")))
+    function()
+    xspace, walls = op_profile.profiled(lambda: function().numpy(), 3, tmp_path / "log")
+    host = op_profile.host_times(xspace, walls)
+    assert (host["ops"], host["executor_steps"]) == (2.0, 1.0), host
+    assert 0 < host["op_busy_ms"] <= host["op_ms"] + 1e-9
+    assert 0 < host["op_busy_ms"] < host["in_tf_ms"] < host["wall_ms"], host
+    assert host["python_ms"] == pytest.approx(host["wall_ms"] - host["in_tf_ms"])
+    assert op_profile._union_ms([(0, 10), (5, 20), (30, 40)]) == pytest.approx(0.03)
+
+
 def test_op_profile_table_lists_the_op_types_that_differ_most():
     import op_profile
 
@@ -174,8 +194,12 @@ def test_op_profile_table_lists_the_op_types_that_differ_most():
                   "FusedBatchNormV3": {"self_ms": 4.0, "count": 1}},
         },
     }  # fmt: skip
+    host = dict.fromkeys(op_profile.HOST_ROWS, 1.0)
+    report["host"] = {"a": {**host, "python_ms": 150.0}, "b": {**host, "python_ms": 50.0}}
     text = op_profile.render(report, top=2)
+    assert "| Python outside TensorFlow's C API (ms) | 150.0 | 50.0 | +100.0 |" in text
     assert "ratio a / b: wall 1.100x, CPU 1.100x" in text
+    text = text.split("| per call, from the trace")[0]
     rows = [line for line in text.splitlines() if line.startswith("| ") and " ms |" not in line]
     # Mul (+9) and FusedBatchNormV3 (-4) differ most; Conv2D (+1) is left out at top=2.
     assert rows[1].startswith("| Mul | 9.0 | 0.0 | +9.0 | 2 | 0 |"), rows

@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+import weakref
 
 import keras
 import numpy as np
@@ -14,6 +15,8 @@ from conftest import REPO, random_images
 
 import exporter
 from exporter.checking import conformance
+from exporter.making import card
+from exporter.making import save as save_module
 
 
 def _start_export(out, *flags):
@@ -110,6 +113,83 @@ def test_failed_verification_leaves_nothing(tmp_path):
     with pytest.raises(exporter.ExportError, match="differs from the in-memory model"):
         exporter.save(module, out)
     assert list(tmp_path.iterdir()) == []  # Created parents are removed too.
+
+
+@pytest.fixture
+def keras_file(tmp_path):
+    path = tmp_path / "mine.keras"
+    _functional().save(path)
+    return path
+
+
+def _export_file(path, out):
+    return exporter.export_feature_vector(path, out, preprocessing="tf", native_size=32)
+
+
+@pytest.fixture
+def released(monkeypatch):
+    """Whether the module export_feature_vector built was still alive when verification began."""
+    seen = {}
+    write, verify = save_module._write, save_module._verify
+
+    def spy_write(module, *args):
+        seen["module"] = weakref.ref(module)
+        return write(module, *args)
+
+    def spy_verify(*args):
+        seen["alive at verify"] = seen["module"]() is not None
+        return verify(*args)
+
+    monkeypatch.setattr(save_module, "_write", spy_write)
+    monkeypatch.setattr(save_module, "_verify", spy_verify)
+    return seen
+
+
+def test_export_frees_its_module_before_the_reload(tmp_path, keras_file, released):
+    """export_* verify against outputs computed before the reload, with the model freed."""
+    out = _export_file(keras_file, tmp_path / "out")
+    assert released == {"module": released["module"], "alive at verify": False}
+    assert conformance.check(out, strict_metadata=True).ok
+
+
+def test_verification_fails_a_corrupted_variable_after_the_release(
+    tmp_path, keras_file, released, monkeypatch
+):
+    """The saved kernel is off by one, the in-memory one is not: the reload must differ."""
+    real_save = tf.saved_model.save
+
+    def save_corrupted(module, directory, **kwargs):
+        kernel = module.variables[0]
+        kernel.assign_add(tf.ones_like(kernel))
+        try:
+            real_save(module, directory, **kwargs)
+        finally:
+            kernel.assign_sub(tf.ones_like(kernel))
+
+    monkeypatch.setattr(tf.saved_model, "save", save_corrupted)
+    with pytest.raises(exporter.ExportError) as raised:
+        _export_file(keras_file, tmp_path / "out")
+    assert "__call__(training=False) differs from the in-memory model" in str(raised.value)
+    assert "serving_default differs from the in-memory model" in str(raised.value)
+    assert released["alive at verify"] is False
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.keras"]
+
+
+def test_verification_fails_a_rule_violation_after_the_release(
+    tmp_path, keras_file, released, monkeypatch
+):
+    """A TF1 Hub file written beside the export breaks rule no_tfhub_module_pb."""
+    real_write = card.write
+
+    def write_with_tfhub_module_pb(module, directory, *args, **kwargs):
+        real_write(module, directory, *args, **kwargs)
+        (directory / "tfhub_module.pb").write_bytes(b"")
+
+    monkeypatch.setattr(card, "write", write_with_tfhub_module_pb)
+    with pytest.raises(exporter.ExportError, match="rule no_tfhub_module_pb: tfhub_module.pb"):
+        _export_file(keras_file, tmp_path / "out")
+    assert released["alive at verify"] is False
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.keras"]
 
 
 def _functional():

@@ -10,7 +10,7 @@ from exporter.errors import ExportError
 from exporter.making import external, precision, registry, serving
 from exporter.making.build import build_classifier, build_feature_vector
 from exporter.making.preprocessing import Mode
-from exporter.making.save import check_destination, save
+from exporter.making.save import check_destination, save_owned
 
 
 def read_labels(path: str | os.PathLike) -> list[str]:
@@ -60,13 +60,14 @@ def export_feature_vector(
     check_destination(out, overwrite)
     backbone = _resolved(backbone)  # Resolved once; a fact sheet is passed on.
     _check_serving(serving_inputs, compute_dtype)
-    module = build_feature_vector(
+    # Only the list holds the module: the export frees it before the reload.
+    owned = [build_feature_vector(
         backbone, weights=weights, pooling=pooling, weight_decay=weight_decay,
         compute_dtype=compute_dtype, preprocessing=preprocessing, native_size=native_size,
         min_size=min_size,
-    )  # fmt: skip
-    return save(
-        module, out, overwrite=overwrite, serving_inputs=serving_inputs, serving_size=serving_size
+    )]  # fmt: skip
+    return save_owned(
+        owned, out, overwrite=overwrite, serving_inputs=serving_inputs, serving_size=serving_size
     )
 
 
@@ -135,11 +136,12 @@ def export_classifier(
     if dropout_rate is not None and not 0.0 <= dropout_rate < 1.0:
         raise ExportError(f"Expected dropout_rate in [0, 1). Received: {dropout_rate!r}.")
     _check_serving(serving_inputs, compute_dtype)
-    module = build_classifier(
+    # Only the list holds the module: the export frees it before the reload.
+    owned = [build_classifier(
         backbone, weights=weights, num_classes=num_classes, labels=labels,
         weight_decay=weight_decay, dropout_rate=dropout_rate, compute_dtype=compute_dtype,
         preprocessing=preprocessing, native_size=native_size, min_size=min_size,
-    )  # fmt: skip
-    return save(
-        module, out, overwrite=overwrite, serving_inputs=serving_inputs, serving_size=serving_size
+    )]  # fmt: skip
+    return save_owned(
+        owned, out, overwrite=overwrite, serving_inputs=serving_inputs, serving_size=serving_size
     )

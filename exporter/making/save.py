@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import errno
+import gc
 import os
 import re
 import shutil
@@ -87,7 +89,7 @@ def check_destination(out: str | os.PathLike, overwrite: bool) -> Path:
     return out
 
 
-# Long: its docstring documents the public API; the stages share one cleanup.
+# Long: its docstring documents the public API.
 @native_logs_filtered  # TensorFlow's C++ lines while it saves and verifies: exporter.console.
 def save(
     module: ImageModule,
@@ -118,7 +120,30 @@ def save(
         >>> save(build_feature_vector("mobilenet_v2", weights=None), "/tmp/mobilenet_v2")
         PosixPath('/tmp/mobilenet_v2')
     """
+    return save_owned(
+        [module], out, overwrite=overwrite, serving_inputs=serving_inputs,
+        serving_size=serving_size,
+    )  # fmt: skip
+
+
+def save_owned(
+    owned: list[ImageModule],
+    out: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    serving_inputs: str | list[str] | None = None,
+    serving_size: int | None = None,
+) -> Path:
+    """``save`` the module in the one-item list ``owned``, and empty the list before the reload.
+
+    Verification compares the reloaded export with outputs of the in-memory module computed
+    before the reload (``_References``). Where ``owned`` held the only reference (``export_*``
+    build the module and pass it here), the Keras model, its traces and the saver's state are
+    freed before the second, loaded copy is made: peak memory is the larger of the two phases,
+    not their sum. A caller that keeps the module (``save``) keeps it in memory, unchanged.
+    """
     out = check_destination(out, overwrite)
+    module = owned[0]
     kinds = serving.parse_inputs(serving_inputs)
     if "image_bytes" in kinds:
         serving_size = serving.check_size(module, serving_size)
@@ -138,9 +163,12 @@ def save(
             module.trace()
             signatures = serving.signatures(module, kinds, serving_size)
         with stage("save"), _explained_io_errors(out):
-            _write(module, tmp, signatures, serving_size)
+            references = _write(module, tmp, signatures, kinds, serving_size)
+        del module, signatures
+        owned.clear()
+        _release_memory()
         with stage("verify"):
-            verify(tmp, module, serving_size)
+            _verify(tmp, references)
         with _signals_held(), _explained_io_errors(out):
             _move_into_place(tmp, out)
     except BaseException:
@@ -151,6 +179,14 @@ def save(
                 directory.rmdir()
         raise
     return out
+
+
+def _release_memory() -> None:
+    """Free what is unreachable now (the Keras model and its traces hold reference cycles),
+    and hand glibc's free heap pages back to the system, so the reload reuses them."""
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):  # Not glibc: nothing to hand back.
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 @contextlib.contextmanager
@@ -184,34 +220,63 @@ def _make_parents(parent: Path) -> list[Path]:
     return missing  # Deepest first, the order to remove them in.
 
 
-def _write(module: ImageModule, directory: Path, signatures: dict, serving_size=None) -> None:
+def _write(module: ImageModule, directory: Path, signatures: dict, kinds, serving_size):
+    """Save, compute what verification compares the reload with, then write the card."""
     with tempfile.TemporaryDirectory() as scratch, module.labels_asset(scratch):
         tf.saved_model.save(module, str(directory), signatures=signatures, options=SAVE_OPTIONS)
-    deviation = _deviation(module, _verify_images(module))
-    card.write(module, directory, list(signatures), serving_size=serving_size, compute=deviation)
+    references = _References.of(module, kinds, serving_size)
+    card.write(
+        module, directory, list(signatures), serving_size=serving_size,
+        compute=references.deviation,
+    )  # fmt: skip
+    return references
 
 
-def _verify_images(module: ImageModule) -> tf.Tensor:
-    # Batch 3 at the rules' first size: the shape they call with too, so it is traced once.
-    size = spec.probe_sizes(module.min_size, module.native_size, module.fixed_size is not None)[0]
-    return tf.constant(np.random.default_rng(0).random((3, size, size, 3), np.float32))
+@dataclasses.dataclass(frozen=True)
+class _References:
+    """The in-memory module's side of verification, computed before the module is freed."""
+
+    task: str
+    output_name: str
+    num_variables: int
+    signatures: tuple[str, ...]  # The serving signatures asked for.
+    images: tf.Tensor  # Random float32 images at the rules' first size.
+    inference: np.ndarray  # The module's inference on them.
+    pixels: np.ndarray | None  # Random uint8 images at the serving size, if a signature takes them.
+    pixels_inference: np.ndarray | None
+    deviation: precision.Deviation | None  # From float32, for a module built in lower precision.
+
+    @classmethod
+    def of(cls, module: ImageModule, kinds, serving_size: int | None) -> _References:
+        # Batch 3 at the rules' first size: the shape they call with too, so traced once.
+        size = spec.probe_sizes(module.min_size, module.native_size, module.fixed_size is not None)
+        images = tf.constant(np.random.default_rng(0).random((3, size[0], size[0], 3), np.float32))
+        pixels = pixels_inference = None
+        if set(kinds) & {"uint8", "image_bytes"}:
+            side = serving_size or module.native_size
+            pixels = np.random.default_rng(1).integers(0, 256, (2, side, side, 3), dtype=np.uint8)
+            as_floats = tf.constant(pixels, tf.float32) / 255.0
+            pixels_inference = module.traced_inference(as_floats).numpy()
+        deviation = None
+        if module.float32_twin is not None:
+            dtype = precision.compute_dtype_of(module.keras_backbone)
+            deviation = precision.deviation(dtype, module(images), module.float32_twin(images))
+        return cls(
+            task=module.task, output_name=module.output_name,
+            num_variables=len(module.variables),
+            signatures=tuple(spec.SERVING_SIGNATURES[kind][0] for kind in kinds), images=images,
+            inference=module.traced_inference(images).numpy(), pixels=pixels,
+            pixels_inference=pixels_inference, deviation=deviation,
+        )  # fmt: skip
 
 
-def _deviation(module: ImageModule, images: tf.Tensor) -> precision.Deviation | None:
-    """The deviation from float32 of a module built in a lower precision, if it has a twin."""
-    if module.float32_twin is None:
-        return None
-    dtype = precision.compute_dtype_of(module.keras_backbone)
-    return precision.deviation(dtype, module(images), module.float32_twin(images))
+def _verify(directory: Path, references: _References) -> None:
+    """Reload ``directory`` and check it against ``references``; raise ExportError if it differs.
 
-
-def verify(directory: Path, module: ImageModule, serving_size: int | None = None) -> None:
-    """Reload ``directory`` and check it against ``module``; raise ExportError if it differs.
-
-    Compares inference, through ``__call__`` and ``serving_default``, with the in-memory
-    module on random images, then runs every conformance rule (``exporter.checking.conformance``,
-    which calls both training modes on the reloaded copy, never on the in-memory module)
-    with the card and metadata required.
+    Compares inference, through ``__call__`` and ``serving_default`` (and ``serving_uint8`` and
+    ``serving_bytes`` where saved), with the in-memory module's outputs on the same random
+    images, then runs every conformance rule (``exporter.checking.conformance``, which calls
+    both training modes on the reloaded copy) with the card and metadata required.
     """
     problems = []
     try:  # Scanned like anybody's: an export that runs unsafe ops is a failed export.
@@ -219,11 +284,12 @@ def verify(directory: Path, module: ImageModule, serving_size: int | None = None
         loaded = savedmodel.load(directory, proto=proto, opt_in=_NO_UNSAFE_OPS)
     except (savedmodel.UnreadableError, UnsafeOpsError) as error:
         raise ExportError(f"The export failed verification: {error}") from None
-    images = _verify_images(module)
-    expected = module.traced_inference(images).numpy()
+    images, expected = references.images, references.inference
     outputs = {
         "__call__(training=False)": numeric.shape_free_call(loaded, False)(images),
-        "serving_default": loaded.signatures["serving_default"](images=images)[module.output_name],
+        "serving_default": loaded.signatures["serving_default"](images=images)[
+            references.output_name
+        ],
     }
     for name, output in outputs.items():
         if output.dtype != tf.float32 or output.shape != expected.shape:
@@ -232,18 +298,18 @@ def verify(directory: Path, module: ImageModule, serving_size: int | None = None
             )
         elif not numeric.close(output.numpy(), expected):
             problems.append(f"{name} differs from the in-memory model")
-    problems += _serving_problems(loaded, module, serving_size)
-    deviation = _deviation(module, images)
+    problems += _serving_problems(loaded, references)
+    deviation = references.deviation
     if deviation is not None and not deviation.within_bound():
         problems.append(f"the {deviation.describe()} is past its bound")
-    if len(loaded.variables) != len(module.variables):
+    if len(loaded.variables) != references.num_variables:
         problems.append(
-            f"{len(loaded.variables)} variables saved, {len(module.variables)} expected"
+            f"{len(loaded.variables)} variables saved, {references.num_variables} expected"
         )
     # The shared rules call training=True too (and restore what it changes).
     try:
         report = conformance.check(
-            directory, task=module.task, strict_metadata=True, loaded=loaded, proto=proto
+            directory, task=references.task, strict_metadata=True, loaded=loaded, proto=proto
         )
     except conformance.UnreadableError as error:
         raise ExportError(f"The export failed verification: {error}") from None
@@ -254,26 +320,27 @@ def verify(directory: Path, module: ImageModule, serving_size: int | None = None
         raise ExportError(f"The export failed verification: {'; '.join(problems)}.")
 
 
-def _serving_problems(loaded, module: ImageModule, serving_size: int | None) -> list[str]:
-    """Compare serving_uint8 and serving_bytes with ``__call__`` on the same pixels."""
+def _serving_problems(loaded, references: _References) -> list[str]:
+    """Compare serving_uint8 and serving_bytes with the module's inference on the same pixels."""
+    if references.pixels is None:
+        return []
     problems = []
-    size = serving_size or module.native_size
-    pixels = np.random.default_rng(1).integers(0, 256, (2, size, size, 3), dtype=np.uint8)
+    pixels, name_out = references.pixels, references.output_name
     inputs = {
         "serving_uint8": {"images": tf.constant(pixels)},
         # PNG is lossless, and the images already have the size serving_bytes resizes to.
         "serving_bytes": {"image_bytes": tf.stack([tf.io.encode_png(p) for p in pixels])},
     }
-    expected = None
     for name, arguments in inputs.items():
-        if name not in loaded.signatures:
+        if name not in references.signatures:
             continue
-        if expected is None:
-            expected = module.traced_inference(tf.constant(pixels, tf.float32) / 255.0).numpy()
+        if name not in loaded.signatures:
+            problems.append(f"{name} is missing")
+            continue
         outputs = loaded.signatures[name](**arguments)
-        if list(outputs) != [module.output_name]:
-            problems.append(f"{name} has outputs {sorted(outputs)}, expected {module.output_name}")
-        elif not numeric.close(outputs[module.output_name].numpy(), expected):
+        if list(outputs) != [name_out]:
+            problems.append(f"{name} has outputs {sorted(outputs)}, expected {name_out}")
+        elif not numeric.close(outputs[name_out].numpy(), references.pixels_inference):
             problems.append(f"{name} differs from __call__ on the same pixels")
     return problems
 

@@ -7,7 +7,8 @@ Example:
 
 from exporter import console as _console
 
-_console.quiet_native_logs()  # Before anything imports TensorFlow.
+_console.export_cli_environment()  # Both before anything imports TensorFlow.
+_console.quiet_native_logs()
 
 from exporter.console import quiet_tensorflow_logs
 from exporter.errors import Error, ExportError, UnsafeOpsError

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import signal
@@ -91,6 +92,10 @@ def run(export: Callable[[], Path]) -> None:
     if missing:
         sys.exit(f"error: {' and '.join(missing)} required; see --help.")
     before = _identity(OUT.value)
+    # The process ends with this export: the ~350,000 objects of its imports are never freed,
+    # so Python's full collections need not scan them again and again while graphs are traced
+    # and loaded (ResNet50: 0.95 s of collections, 0.26 s once frozen; BUILD_NOTES).
+    gc.freeze()
     try:
         path = export()
         random = str(WEIGHTS.value).lower() == "none"

@@ -77,6 +77,40 @@ def test_verbosity_flag_brings_tensorflow_logging_back():
     assert not console.running_cli(["python", "-m", "pytest", "tests"])
 
 
+def test_export_clis_run_tensorflow_without_onednn_unless_the_user_chose():
+    """Its allocator keeps what verification's release frees (BUILD_NOTES); TensorFlow reads
+    the variable when it loads, so importing exporter must set it first."""
+    code = (
+        "import os, sys; sys.orig_argv = sys.argv[1:]; import exporter; "
+        "from tensorflow.python.util import _pywrap_util_port as port; "
+        "print(os.environ.get('TF_ENABLE_ONEDNN_OPTS'), port.IsMklEnabled())"
+    )
+    clean = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
+
+    def run(argv, value=None, importing="import exporter; "):
+        env = {**clean, "PYTHONPATH": str(REPO)}
+        env.update({"TF_ENABLE_ONEDNN_OPTS": value} if value else {})
+        done = subprocess.run(
+            [sys.executable, "-c", code.replace("import exporter; ", importing), *argv],
+            env=env, capture_output=True, text=True, timeout=300, cwd=REPO,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr[-2000:]
+        return done.stdout.strip()
+
+    # TensorFlow's own default depends on the CPU (on for recent x86 ones).
+    default = run(["python", "train.py"], importing="import tensorflow; ")
+    cases = {  # argv, the value the user set -> the value then, whether oneDNN runs.
+        (("python", "-m", "exporter.feature_vector", "--backbone=x"), None): "0 False",
+        (("python", "-m", "exporter.classification", "-v", "1"), None): "0 False",
+        (("python", "-m", "exporter.feature_vector"), "1"): "1 True",
+        (("python", "-m", "exporter.embed", "--saved_model=x"), None): default,
+        (("python", "train.py"), None): default,
+    }
+    assert default.startswith("None ")
+    for (argv, value), expected in cases.items():
+        assert run(argv, value) == expected, argv
+
+
 def test_stage_lines_are_plain_and_timed_only_when_verbose(capsys, monkeypatch):
     with progress.stage("probe"):
         pass

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import weakref
 import zlib
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import exporter  # noqa: E402
+from exporter.making import save as exporter_save  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 BACKBONES = exporter.list_backbones()
@@ -266,3 +268,22 @@ def run_cli(module: str, *flags: str, env: dict | None = None, timeout: int = 60
         text=True,
         timeout=timeout,
     )
+
+
+@pytest.fixture
+def released(monkeypatch):
+    """Whether the module an ``export_*`` call built was still alive when verification began."""
+    seen = {}
+    write, verify = exporter_save._write, exporter_save._verify
+
+    def spy_write(module, *args):
+        seen["module"] = weakref.ref(module)
+        return write(module, *args)
+
+    def spy_verify(*args):
+        seen["alive at verify"] = seen["module"]() is not None
+        return verify(*args)
+
+    monkeypatch.setattr(exporter_save, "_write", spy_write)
+    monkeypatch.setattr(exporter_save, "_verify", spy_verify)
+    return seen

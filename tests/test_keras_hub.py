@@ -272,6 +272,15 @@ def vit_feature_vector(tmp_path_factory):
     return exporter.export_feature_vector(str(root / "preset"), root / "fv")
 
 
+def test_a_preset_classifier_export_frees_its_model_before_the_reload(tmp_path, released):
+    """export_classifier of a keras-hub task preset: nothing keeps the model (the task, its
+    backbone, its converter) alive once verification starts."""
+    make_task("ViT", scale=SCALE, offset=OFFSET).save_to_preset(str(tmp_path / "preset"))
+    out = exporter.export_classifier(str(tmp_path / "preset"), tmp_path / "cls")
+    assert released["alive at verify"] is False
+    assert conformance.check(out, strict_metadata=True).ok
+
+
 def _norm_weights(variables) -> list:
     # ViT has no batch norm: its gammas are its LayerNorms' (ln_1, ln_2, the final norm).
     norms = [v for v in variables if "gamma" in v.name]

@@ -5,7 +5,6 @@ import signal
 import subprocess
 import sys
 import time
-import weakref
 
 import keras
 import numpy as np
@@ -16,7 +15,6 @@ from conftest import REPO, random_images
 import exporter
 from exporter.checking import conformance
 from exporter.making import card
-from exporter.making import save as save_module
 
 
 def _start_export(out, *flags):
@@ -124,25 +122,6 @@ def keras_file(tmp_path):
 
 def _export_file(path, out):
     return exporter.export_feature_vector(path, out, preprocessing="tf", native_size=32)
-
-
-@pytest.fixture
-def released(monkeypatch):
-    """Whether the module export_feature_vector built was still alive when verification began."""
-    seen = {}
-    write, verify = save_module._write, save_module._verify
-
-    def spy_write(module, *args):
-        seen["module"] = weakref.ref(module)
-        return write(module, *args)
-
-    def spy_verify(*args):
-        seen["alive at verify"] = seen["module"]() is not None
-        return verify(*args)
-
-    monkeypatch.setattr(save_module, "_write", spy_write)
-    monkeypatch.setattr(save_module, "_verify", spy_verify)
-    return seen
 
 
 def test_export_frees_its_module_before_the_reload(tmp_path, keras_file, released):

@@ -183,8 +183,18 @@ def save_owned(
 
 def _release_memory() -> None:
     """Free what is unreachable now (the Keras model and its traces hold reference cycles),
-    and hand glibc's free heap pages back to the system, so the reload reuses them."""
+    and hand glibc's free heap pages back to the system, so the reload reuses them.
+
+    The eager runtime's kernel cache holds on to the model's weights after tracing (ResNet50:
+    94 MB still allocated with every Python object of the model gone; BUILD_NOTES); clearing
+    it only costs the next eager op of each kind its kernel lookup again.
+    """
     gc.collect()
+    with contextlib.suppress(AttributeError):  # An internal API: a future TensorFlow may move it.
+        from tensorflow.python.eager import context
+
+        context.context().clear_kernel_cache()
+    gc.collect()  # What the cleared kernels held, and what finalizers of the first pass freed.
     with contextlib.suppress(OSError, AttributeError):  # Not glibc: nothing to hand back.
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 

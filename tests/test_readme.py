@@ -74,6 +74,9 @@ RUN = {"bash", "python"}
 NOT_RUN = {
     'pip install ".[test]" && python -m pytest': "this suite: CI runs it as written",
     "python benchmarks/compare.py": "a benchmark of many exports (an hour on 2 cores)",
+    "python benchmarks/compare.py --figures=export --exporters=ours,keras3": (
+        "a benchmark of 28 exports (8 minutes on 2 cores)"
+    ),
     'pip install "tfhub-exporter[beam]" "apache-beam[gcp]"': "Dataflow: needs a Google Cloud"
     " project and bucket (the wheel name it stages is checked with the wheel's build)",
 }

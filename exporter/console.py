@@ -52,7 +52,7 @@ def running_cli(argv: list[str] | None = None, modules: tuple[str, ...] | None =
     argv = list(sys.orig_argv if argv is None else argv)
     pairs = zip(argv, argv[1:], strict=False)
     return any(
-        flag == "-m" and module.startswith("exporter.") and module in (modules or (module,))
+        flag == "-m" and module.startswith("exporter.") and (modules is None or module in modules)
         for flag, module in pairs
     )
 
@@ -62,13 +62,13 @@ def running_cli(argv: list[str] | None = None, modules: tuple[str, ...] | None =
 # export frees before verification reloads it would still be resident: ResNet50's export
 # peaks at 1,027 MB instead of 1,130 MB (BUILD_NOTES). The SavedModel is the same graph. The
 # embedding and conversion CLIs keep oneDNN, which is faster over many batches.
-EXPORT_CLIS = ("exporter.feature_vector", "exporter.classification")
+_EXPORT_CLIS = ("exporter.feature_vector", "exporter.classification")
 _EXPORT_ENV = {"TF_ENABLE_ONEDNN_OPTS": "0"}
 
 
 def export_cli_environment() -> None:
     """In an export CLI, before TensorFlow loads: its CPU kernels without oneDNN."""
-    if "tensorflow" not in sys.modules and running_cli(modules=EXPORT_CLIS):
+    if "tensorflow" not in sys.modules and running_cli(modules=_EXPORT_CLIS):
         for name, value in _EXPORT_ENV.items():
             os.environ.setdefault(name, value)
 

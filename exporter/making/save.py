@@ -120,9 +120,10 @@ def save(
         >>> save(build_feature_vector("mobilenet_v2", weights=None), "/tmp/mobilenet_v2")
         PosixPath('/tmp/mobilenet_v2')
     """
+    # The caller keeps ``module``: nothing of the model could be freed before the reload.
     return save_owned(
         [module], out, overwrite=overwrite, serving_inputs=serving_inputs,
-        serving_size=serving_size,
+        serving_size=serving_size, release=False,
     )  # fmt: skip
 
 
@@ -133,6 +134,7 @@ def save_owned(
     overwrite: bool = False,
     serving_inputs: str | list[str] | None = None,
     serving_size: int | None = None,
+    release: bool = True,
 ) -> Path:
     """``save`` the module in the one-item list ``owned``, and empty the list before the reload.
 
@@ -140,7 +142,9 @@ def save_owned(
     before the reload (``_References``). Where ``owned`` held the only reference (``export_*``
     build the module and pass it here), the Keras model, its traces and the saver's state are
     freed before the second, loaded copy is made: peak memory is the larger of the two phases,
-    not their sum. A caller that keeps the module (``save``) keeps it in memory, unchanged.
+    not their sum. A caller that keeps the module (``save``) keeps it in memory, unchanged,
+    and passes ``release=False``: the collections and the cache clearing would free nothing
+    of it, and cost a long-lived process seconds.
     """
     out = check_destination(out, overwrite)
     module = owned[0]
@@ -166,7 +170,8 @@ def save_owned(
             references = _write(module, tmp, signatures, kinds, serving_size)
         del module, signatures
         owned.clear()
-        _release_memory()
+        if release:
+            _release_memory()
         with stage("verify"):
             _verify(tmp, references)
         with _signals_held(), _explained_io_errors(out):
@@ -190,7 +195,8 @@ def _release_memory() -> None:
     it only costs the next eager op of each kind its kernel lookup again.
     """
     gc.collect()
-    with contextlib.suppress(AttributeError):  # An internal API: a future TensorFlow may move it.
+    # An internal API: a future TensorFlow may move it.
+    with contextlib.suppress(ImportError, AttributeError):
         from tensorflow.python.eager import context
 
         context.context().clear_kernel_cache()
@@ -259,8 +265,9 @@ class _References:
     @classmethod
     def of(cls, module: ImageModule, kinds, serving_size: int | None) -> _References:
         # Batch 3 at the rules' first size: the shape they call with too, so traced once.
-        size = spec.probe_sizes(module.min_size, module.native_size, module.fixed_size is not None)
-        images = tf.constant(np.random.default_rng(0).random((3, size[0], size[0], 3), np.float32))
+        sizes = spec.probe_sizes(module.min_size, module.native_size, module.fixed_size is not None)
+        shape = (3, sizes[0], sizes[0], 3)
+        images = tf.constant(np.random.default_rng(0).random(shape, np.float32))
         pixels = pixels_inference = None
         if set(kinds) & {"uint8", "image_bytes"}:
             side = serving_size or module.native_size

@@ -22,6 +22,7 @@ from tensorflow.core.protobuf import saved_model_pb2
 from exporter import spec
 from exporter.checking import files, fingerprint, input_range, numeric, savedmodel, unsafe_ops
 from exporter.checking.numeric import close, shape_free_call
+from exporter.errors import UnsafeOpsError
 
 TASKS = ("image_feature_vector", "image_classification")
 
@@ -312,10 +313,12 @@ class _Checker:
     @rule("loads", "tf.saved_model.load reads the directory.", needs=("safe_ops",))
     def _loads(self):
         if self.obj is None:
-            try:  # safe_ops has passed, or warned because unsafe ops are allowed.
-                self.obj = savedmodel.load(self.path, proto=self.proto, allow_unsafe_ops=True)
+            try:  # Scans again what it loads: the files may have changed since safe_ops.
+                self.obj = savedmodel.load(self.path, allow_unsafe_ops=self.allow_unsafe_ops)
             except savedmodel.UnsafeFilesError as error:
                 return FAIL, f"refusing to load: {error.reason}"
+            except UnsafeOpsError as error:
+                return FAIL, f"refusing to load: {error}"
             except Exception as error:
                 first = (str(error).strip().splitlines() or [type(error).__name__])[0]
                 return FAIL, f"{type(error).__name__}: {first[:300]}"

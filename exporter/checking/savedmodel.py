@@ -1,14 +1,17 @@
-"""The one way into a SavedModel, ours or anyone's: read, scan, only then load.
+"""The one way into a SavedModel, ours or anyone's: read once, scan, copy, only then load.
 
 Every part of the package that opens a SavedModel (the checker, an export's verification,
-conversion, batch embedding and the Keras layer) goes through ``load``: it parses
-``saved_model.pb`` without running anything, refuses a graph with unsafe ops
-(``unsafe_ops.scan``) unless the caller allows them, vets the files TensorFlow would trust
-(``checkpoint_index.vet``), and only then calls ``tf.saved_model.load``. ``metadata`` and
-``labels`` read the files the making side writes beside the graph, with the same care.
+conversion, batch embedding and the Keras layer) goes through ``load``: it reads
+``saved_model.pb`` once without running anything, refuses a graph with an op that is not on
+the allowlist (``unsafe_ops.scan``) unless the caller allows it, copies those very bytes and
+the files TensorFlow reads into a private folder (``private_copy``), vets the copy
+(``checkpoint_index.vet``), and only then calls ``tf.saved_model.load`` on the copy.
+``metadata`` and ``labels`` read the files the making side writes beside the graph, with
+the same care.
 
-Paths are local directories or any filesystem TensorFlow reads (``gs://...``); the file
-safety checks (regular files only, size limits) apply to local paths.
+Paths are local directories (``file://`` ones included) or any filesystem TensorFlow reads
+(``gs://...``); the file safety checks (regular files only, size limits) apply to local
+paths.
 """
 
 from __future__ import annotations
@@ -21,15 +24,16 @@ from pathlib import Path
 
 import tensorflow as tf
 from google.protobuf.message import DecodeError
-from tensorflow.core.protobuf import saved_model_pb2
+from tensorflow.core.protobuf import fingerprint_pb2, saved_model_pb2
 
 from exporter import spec
-from exporter.checking import checkpoint_index, files, unsafe_ops
+from exporter.checking import checkpoint_index, files, private_copy, unsafe_ops
 from exporter.errors import Error, UnsafeOpsError
 
 _MAX_PB_BYTES = (2 << 30) - 1  # Protocol buffers cannot be larger: refuse before reading.
 _MAX_TEXT_BYTES = 64 << 20  # metadata.json and a labels file are kilobytes.
 OPT_IN = "If you trust it, pass allow_unsafe_ops=True."
+_FINGERPRINT = "fingerprint.pb"
 
 
 class UnreadableError(Error):
@@ -48,14 +52,27 @@ def _remote(path: str) -> bool:
     return "://" in path
 
 
+def local(path: str | os.PathLike) -> str:
+    """``path`` with a ``file://`` scheme taken off: such a path gets the local checks."""
+    path = str(path)
+    return path[len("file://") :] if path.startswith("file://") else path
+
+
 def read(path: str | os.PathLike) -> saved_model_pb2.SavedModel:
     """Parse ``saved_model.pb`` at ``path`` without running anything.
 
     Raises:
         UnreadableError: If ``path`` is not a readable SavedModel.
     """
-    path = str(path)
-    data = _read_remote_pb(path) if _remote(path) else _read_local_pb(Path(path))
+    return _parse(*_read_pb(path))
+
+
+def _read_pb(path: str | os.PathLike) -> tuple[str, bytes]:
+    path = local(path)
+    return path, _read_remote_pb(path) if _remote(path) else _read_local_pb(Path(path))
+
+
+def _parse(path: str, data: bytes) -> saved_model_pb2.SavedModel:
     pb = f"{path.rstrip('/')}/{spec.SAVED_MODEL_FILE}"
     proto = saved_model_pb2.SavedModel()
     try:
@@ -109,8 +126,8 @@ def refuse_unsafe(
     if found:
         listed = "; ".join(f"{op} in {where}" for op, where in found[:10])
         raise UnsafeOpsError(
-            f"Refusing to load the SavedModel at {path}: it holds ops that touch files, "
-            f"processes, the network or Python ({len(found)} found: {listed}). {opt_in}",
+            f"Refusing to load the SavedModel at {path}: it holds ops that are not on the "
+            f"allowlist of pure computation ({len(found)} found: {listed}). {opt_in}",
             found,
         )
 
@@ -120,16 +137,15 @@ def load(
     *,
     allow_unsafe_ops: bool = False,
     opt_in: str = OPT_IN,
-    proto: saved_model_pb2.SavedModel | None = None,
     options: tf.saved_model.LoadOptions | None = None,
 ):
-    """Read, scan and vet the SavedModel at ``path``; only then load it.
+    """Read ``saved_model.pb`` once, scan it, copy it privately, vet the copy; load the copy.
 
     Args:
-        path: The SavedModel directory (local, or any filesystem TensorFlow reads).
-        allow_unsafe_ops: Load it even if its graph holds unsafe ops.
+        path: The SavedModel directory (local, ``file://``, or any filesystem TensorFlow
+            reads).
+        allow_unsafe_ops: Load it even if its graph holds ops that are not on the allowlist.
         opt_in: The error message's last sentence: how the caller's user allows unsafe ops.
-        proto: ``read(path)``, if the caller has it already.
         options: Passed to ``tf.saved_model.load``.
 
     Returns:
@@ -145,16 +161,43 @@ def load(
         >>> obj = load("exports/mobilenet_v2")
         >>> obj(images, training=False).shape
     """
-    path = str(path)
-    proto = read(path) if proto is None else proto
+    path, data = _read_pb(path)
+    proto = _parse(path, data)
     if not allow_unsafe_ops:
         refuse_unsafe(path, proto, opt_in)
-    if not _remote(path):
-        try:  # TensorFlow aborts or blocks on some files: vet them first.
-            checkpoint_index.vet(Path(path))
-        except checkpoint_index.CheckpointError as error:
-            raise UnsafeFilesError(path, str(error)) from None
-    return tf.saved_model.load(path, options=options)
+    try:
+        copy = private_copy.make(path, data, _remote(path))
+    except private_copy.CopyError as error:
+        raise UnsafeFilesError(path, str(error)) from None
+    except (OSError, tf.errors.OpError) as error:
+        raise UnreadableError(f"Cannot copy {path} to load it: {_first_line(error)}.") from None
+    try:
+        _vet(path, copy)
+        return tf.saved_model.load(str(copy), options=options)
+    finally:
+        private_copy.release(copy, keep_assets=True)
+
+
+def _first_line(error: Exception) -> str:
+    text = getattr(error, "message", None) or getattr(error, "strerror", None) or str(error)
+    return (str(text).strip().splitlines() or [type(error).__name__])[0]
+
+
+def _vet(path: str, copy: Path) -> None:
+    """Refuse what TensorFlow would abort, block or print a traceback on: in the copy."""
+    try:  # TensorFlow aborts or blocks on some files: vet them first.
+        checkpoint_index.vet(copy)
+    except checkpoint_index.CheckpointError as error:
+        raise UnsafeFilesError(path, str(error)) from None
+    found = copy / _FINGERPRINT
+    if found.exists():
+        try:
+            fingerprint_pb2.FingerprintDef().ParseFromString(found.read_bytes())
+        except (DecodeError, RuntimeWarning, ValueError):
+            raise UnreadableError(
+                f"Corrupt {path.rstrip('/')}/{_FINGERPRINT}: expected a serialized "
+                f"FingerprintDef, received {found.stat().st_size} bytes that do not parse."
+            ) from None
 
 
 def read_text(path: str) -> str:
@@ -165,6 +208,7 @@ def read_text(path: str) -> str:
         UnicodeDecodeError: If it is not UTF-8.
         files.UnsafeFileError: If it is not a regular file, or too large.
     """
+    path = local(path)
     if _remote(path):
         try:
             with tf.io.gfile.GFile(path, "rb") as file:
@@ -182,7 +226,7 @@ def metadata(path: str | os.PathLike) -> tuple[dict | None, str]:
         >>> facts["input"]["min_size"]
         32
     """
-    file = f"{str(path).rstrip('/')}/{spec.METADATA_FILE}"
+    file = f"{local(path).rstrip('/')}/{spec.METADATA_FILE}"
     exists = tf.io.gfile.exists(file) if _remote(file) else Path(file).is_file()
     if not exists:
         return None, f"no {spec.METADATA_FILE}: the model's facts are undocumented"
@@ -201,7 +245,7 @@ def metadata(path: str | os.PathLike) -> tuple[dict | None, str]:
 
 def labels(path: str | os.PathLike) -> tuple[str, ...] | None:
     """The class names of a classifier's labels asset, one per line; None if it has none."""
-    file = f"{str(path).rstrip('/')}/{spec.LABELS_ASSET}"
+    file = f"{local(path).rstrip('/')}/{spec.LABELS_ASSET}"
     exists = tf.io.gfile.exists(file) if _remote(file) else Path(file).is_file()
     if not exists:
         return None
@@ -228,15 +272,14 @@ def identity(path: str | os.PathLike) -> dict:
     Raises:
         UnreadableError: If ``saved_model.pb`` cannot be read.
     """
-    path = str(path)
-    data = _read_remote_pb(path) if _remote(path) else _read_local_pb(Path(path))
+    path, data = _read_pb(path)
     facts = {
         "saved_model_pb_sha256": hashlib.sha256(data).hexdigest(),
         "singleprint": None,
         "tensorflow": None,
     }
-    local = None if _remote(path) else Path(path, "fingerprint.pb")
-    if local is not None and (local.is_symlink() or not local.is_file()):
+    found = None if _remote(path) else Path(path, _FINGERPRINT)
+    if found is not None and (found.is_symlink() or not found.is_file()):
         return facts  # Missing (before TF 2.12), or a FIFO or device TF would block on.
     with contextlib.suppress(Exception):  # An unreadable one: no TensorFlow fingerprint.
         found = tf.saved_model.experimental.read_fingerprint(path)

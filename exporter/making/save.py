@@ -298,7 +298,7 @@ def _verify(directory: Path, references: _References) -> None:
     problems = []
     try:  # Scanned like anybody's: an export that runs unsafe ops is a failed export.
         proto = savedmodel.read(directory)
-        loaded = savedmodel.load(directory, proto=proto, opt_in=_NO_UNSAFE_OPS)
+        loaded = savedmodel.load(directory, opt_in=_NO_UNSAFE_OPS)
     except (savedmodel.UnreadableError, UnsafeOpsError) as error:
         raise ExportError(f"The export failed verification: {error}") from None
     images, expected = references.images, references.inference

@@ -42,9 +42,7 @@ from exporter.errors import UnsafeOpsError
 logger = logging.getLogger(__name__)
 
 UnsafeSavedModelError = UnsafeOpsError  # The name this module raised before.
-_OPT_IN = (
-    "If you trust it, pass allow_unsafe_ops=True, or safe_mode=False to keras.models.load_model."
-)
+_OPT_IN = "If you trust it, pass allow_unsafe_ops=True."
 _FILE_OPT_IN = (
     "If you trust it, pass safe_mode=False to keras.models.load_model (in safe mode, a Keras "
     "file or config cannot allow unsafe ops: the allow_unsafe_ops in it is ignored)."
@@ -336,7 +334,9 @@ class KerasLayer(keras.layers.Layer):
     # -- construction --------------------------------------------------------------------
 
     def _load(self):
-        allowed = self.allow_unsafe_ops or serialization_lib.in_safe_mode() is False
+        # Only the argument grants trust (a .keras file's only under safe_mode=False, see
+        # from_config): keras.config.enable_unsafe_deserialization() does not.
+        allowed = self.allow_unsafe_ops
         opt_in = _FILE_OPT_IN if _FROM_FILE.get() else _OPT_IN
         try:
             proto = savedmodel.read(self.handle)
@@ -345,7 +345,6 @@ class KerasLayer(keras.layers.Layer):
                 self.handle,
                 allow_unsafe_ops=allowed,
                 opt_in=opt_in,
-                proto=proto,
                 options=self.load_options,
             )
         except savedmodel.UnreadableError as error:

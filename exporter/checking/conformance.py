@@ -9,9 +9,7 @@ ops before anything is loaded or run.
 from __future__ import annotations
 
 import dataclasses
-import enum
 import inspect
-import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,24 +20,8 @@ from tensorflow.core.protobuf import saved_model_pb2
 from exporter import spec
 from exporter.checking import files, fingerprint, input_range, numeric, savedmodel, unsafe_ops
 from exporter.checking.numeric import close, shape_free_call
+from exporter.checking.report import TASKS, Report, Result, Status
 from exporter.errors import UnsafeOpsError
-
-TASKS = ("image_feature_vector", "image_classification")
-
-
-class Status(str, enum.Enum):  # noqa: UP042 - enum.StrEnum needs Python 3.11
-    """A rule's verdict. A ``str``: it compares equal to, and serializes as, its value."""
-
-    PASS = "pass"
-    FAIL = "fail"
-    WARN = "warn"
-    SKIP = "skip"
-
-    def __str__(self) -> str:
-        return self.value
-
-    __format__ = str.__format__
-
 
 PASS, FAIL, WARN, SKIP = Status.PASS, Status.FAIL, Status.WARN, Status.SKIP
 
@@ -95,53 +77,6 @@ UnreadableError = savedmodel.UnreadableError
 read_saved_model = savedmodel.read
 
 
-@dataclasses.dataclass
-class Result:
-    """The verdict of one rule."""
-
-    rule: str
-    status: Status
-    message: str
-
-
-@dataclasses.dataclass
-class Report:
-    """Every rule's verdict for one SavedModel."""
-
-    path: str
-    task: str | None
-    results: list[Result]
-
-    @property
-    def ok(self) -> bool:
-        return all(r.status != FAIL for r in self.results)
-
-    def failed(self) -> list[str]:
-        return [r.rule for r in self.results if r.status == FAIL]
-
-    def to_json(self) -> str:
-        return json.dumps(
-            {
-                "path": self.path,
-                "task": self.task,
-                "ok": self.ok,
-                "rules": [dataclasses.asdict(r) for r in self.results],
-            },
-            indent=2,
-        )
-
-    def to_text(self) -> str:
-        width = max(len(name) for name in RULES)
-        lines = [f"{self.path} (task: {self.task or 'unknown'})"]
-        lines += [f"  {r.status.upper():4}  {r.rule:{width}}  {r.message}" for r in self.results]
-        counts = {s: sum(r.status == s for r in self.results) for s in (PASS, FAIL, WARN, SKIP)}
-        lines.append(
-            f"{'OK' if self.ok else 'NOT CONFORMING'}: {counts[PASS]} pass, {counts[FAIL]} fail, "
-            f"{counts[WARN]} warn, {counts[SKIP]} skip"
-        )
-        return "\n".join(lines)
-
-
 def check(
     path: str | Path,
     *,
@@ -150,6 +85,8 @@ def check(
     strict_metadata: bool = False,
     loaded=None,
     proto: saved_model_pb2.SavedModel | None = None,
+    decided: dict[str, Result] | None = None,
+    progress: Callable[[str, Result | None], None] | None = None,
 ) -> Report:
     """Run every rule on the SavedModel at ``path``.
 
@@ -162,6 +99,10 @@ def check(
         loaded: The already loaded object, to skip a second load.
         proto: The already parsed ``saved_model.pb`` (``savedmodel.read``), to skip a
             second read.
+        decided: Verdicts already known, by rule: those rules are not run (the bounded
+            checker, ``exporter.checking.isolated``, passes the rule that hung or crashed).
+        progress: Called with ``(rule, None)`` before each rule runs and with
+            ``(rule, result)`` after.
 
     Raises:
         UnreadableError: If ``path`` is not a readable SavedModel.
@@ -172,7 +113,8 @@ def check(
     """
     path = Path(path)
     proto = savedmodel.read(path) if proto is None else proto
-    return _Checker(path, proto, task, allow_unsafe_ops, strict_metadata, loaded).run()
+    checker = _Checker(path, proto, task, allow_unsafe_ops, strict_metadata, loaded)
+    return checker.run(decided or {}, progress or (lambda rule, result: None))
 
 
 def _bad_images(size: int) -> dict[str, np.ndarray]:
@@ -214,9 +156,12 @@ class _Checker:
 
     # -- running -------------------------------------------------------------------------
 
-    def run(self) -> Report:
+    def run(self, decided: dict[str, Result], progress) -> Report:
         for declared in _REGISTRY.values():
-            self.results[declared.name] = self._run_rule(declared)
+            progress(declared.name, None)
+            result = decided.get(declared.name) or self._run_rule(declared)
+            self.results[declared.name] = result
+            progress(declared.name, result)
         return Report(str(self.path), self.task, list(self.results.values()))
 
     def _run_rule(self, declared: Rule) -> Result:

@@ -20,6 +20,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import run_cli
 from tensorflow.core.framework import op_def_pb2
 from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow.python.client import pywrap_tf_session
@@ -398,3 +399,53 @@ def test_keras_global_unsafe_switch_grants_no_trust(hostile):
             exporter.KerasLayer(str(paths["dataset_from_graph_writes"]))
     finally:
         keras.src.backend.common.global_state.set_global_attribute("safe_mode_saving", before)
+
+
+# -- bounded runs -------------------------------------------------------------------------
+
+
+class _Endless(tf.Module):
+    """Allowed ops only, but the loop never ends."""
+
+    @tf.function(input_signature=[IMAGES])
+    def __call__(self, images):
+        count = tf.while_loop(lambda i: i >= 0, lambda i: i + 1, [tf.constant(0)])
+        return _pooled(images) + tf.cast(count, tf.float32) * 0.0
+
+
+class _Hog(tf.Module):
+    """Allowed ops only, but every call allocates 8 GiB (a size known only when run)."""
+
+    @tf.function(input_signature=[IMAGES])
+    def __call__(self, images):
+        size = tf.cast(tf.reduce_min(images) > -1.0, tf.int64) * (1 << 31)  # Not foldable.
+        return _pooled(images) + tf.reduce_sum(tf.fill([size], 1.0)) * 0.0
+
+
+class _Aborts(tf.Module):
+    @tf.function(input_signature=[IMAGES])
+    def __call__(self, images):
+        with tf.control_dependencies([tf.raw_ops.Abort(error_msg="boom")]):
+            return _pooled(images)
+
+
+@pytest.mark.parametrize(
+    "module, flags, expected",
+    [
+        (_Endless, ["--timeout_s=5"], "did not finish within 5 s"),
+        (_Hog, ["--memory_limit_gib=6"], "OOM when allocating"),
+        (_Aborts, ["--allow_unsafe_ops"], "SIGABRT"),
+    ],
+    ids=["never_returns", "allocates_8_gib", "aborts"],
+)
+def test_check_on_a_model_that_hangs_or_crashes_ends_with_a_fail_line(
+    tmp_path, module, flags, expected
+):
+    path = tmp_path / "model"
+    tf.saved_model.save(module(), str(path))
+    done = run_cli("check", str(path), *flags, timeout=300)
+    assert done.returncode == 1, done.stderr[-2000:]
+    failed = [line for line in done.stdout.splitlines() if line.strip().startswith("FAIL")]
+    assert any(expected in line for line in failed), done.stdout
+    assert "NOT CONFORMING" in done.stdout  # The rest of the report still printed.
+    assert "safe_ops" in done.stdout and "serving_default" in done.stdout

@@ -100,7 +100,8 @@ def check(
         proto: The already parsed ``saved_model.pb`` (``savedmodel.read``), to skip a
             second read.
         decided: Verdicts already known, by rule: those rules are not run (the bounded
-            checker, ``exporter.checking.isolated``, passes the rule that hung or crashed).
+            checker, ``exporter.checking.isolated``, passes the rule that hung or crashed),
+            nor is any later rule that calls the model.
         progress: Called with ``(rule, None)`` before each rule runs and with
             ``(rule, result)`` after.
 
@@ -115,6 +116,17 @@ def check(
     proto = savedmodel.read(path) if proto is None else proto
     checker = _Checker(path, proto, task, allow_unsafe_ops, strict_metadata, loaded)
     return checker.run(decided or {}, progress or (lambda rule, result: None))
+
+
+# Lines of TensorFlow's error text that say where, not what.
+_WHERE = ("Graph execution error", "Detected at node", "<stack traces", "File ", "[[")
+
+
+def _reason(error: Exception) -> str:
+    """The line of ``error``'s text that says what went wrong."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    said = [line for line in lines if not line.startswith(_WHERE)]
+    return (said or lines or [type(error).__name__])[0]
 
 
 def _bad_images(size: int) -> dict[str, np.ndarray]:
@@ -157,23 +169,25 @@ class _Checker:
     # -- running -------------------------------------------------------------------------
 
     def run(self, decided: dict[str, Result], progress) -> Report:
+        halted = list(decided)
         for declared in _REGISTRY.values():
             progress(declared.name, None)
-            result = decided.get(declared.name) or self._run_rule(declared)
+            result = decided.get(declared.name) or self._run_rule(declared, halted)
             self.results[declared.name] = result
             progress(declared.name, result)
         return Report(str(self.path), self.task, list(self.results.values()))
 
-    def _run_rule(self, declared: Rule) -> Result:
+    def _run_rule(self, declared: Rule, halted: list[str]) -> Result:
         missing = [n for n in declared.needs if self.results[n].status in (FAIL, SKIP)]
         if missing:
             message = f"not run: {', '.join(sorted(set(missing)))} did not pass"
             return Result(declared.name, SKIP, message)
+        if halted and "callable" in declared.needs:  # It would call the model again.
+            return Result(declared.name, SKIP, f"not run: the model hung or crashed in {halted[0]}")
         try:
             status, message = declared.check(self)
         except Exception as error:  # A rule's own call into the model failed: that is its verdict.
-            first = (str(error).strip().splitlines() or [type(error).__name__])[0]
-            status, message = FAIL, f"{type(error).__name__}: {first[:300]}"
+            status, message = FAIL, f"{type(error).__name__}: {_reason(error)[:300]}"
         return Result(declared.name, Status(status), message)
 
     def _call(self, batch: int, size: int, training: bool = False) -> np.ndarray:

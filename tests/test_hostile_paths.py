@@ -1,0 +1,84 @@
+"""Paths a user or a stranger hands us: links, devices, FIFOs, the root, someone's files.
+
+Every refusal is one line that names the path, and leaves the disk as it was. The models
+here are the three-feature ``_Reducer`` of test_unsafe_models.py, saved in milliseconds.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from conftest import run_cli, tree_state
+from test_unsafe_models import _Reducer, _save
+
+import exporter
+from exporter.making import save
+
+
+@pytest.fixture
+def saved(tmp_path) -> Path:
+    """A SavedModel directory (TensorFlow's own layout: no card, nothing foreign)."""
+    return _save(_Reducer(), tmp_path / "model")
+
+
+# -- where an export may go (issue 32, items 12, 13 and 15) ---------------------------------
+
+
+def test_a_saved_model_may_be_replaced(saved):
+    assert save.check_destination(saved, overwrite=True) == saved
+    assert {p.name for p in saved.iterdir()} <= save.EXPORT_NAMES
+
+
+def test_a_symlinked_out_is_refused_and_left_as_it_was(saved, tmp_path):
+    link = tmp_path / "link"
+    link.symlink_to(saved)
+    before = tree_state(tmp_path)
+    with pytest.raises(exporter.ExportError, match="not a symbolic link") as raised:
+        save.check_destination(link, overwrite=True)
+    message = str(raised.value)
+    assert str(link) in message and str(saved) in message and "\n" not in message
+    assert "Nothing was changed" in message
+    assert link.is_symlink() and tree_state(tmp_path) == before
+
+
+@pytest.mark.parametrize("pb", [b"", b"\x08\x01"], ids=["empty", "no_meta_graph"])
+def test_only_a_parseable_saved_model_pb_is_replaced(tmp_path, pb):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "saved_model.pb").write_bytes(pb)
+    with pytest.raises(exporter.ExportError, match="it is not a SavedModel: .*MetaGraph"):
+        save.check_destination(out, overwrite=True)
+    assert (out / "saved_model.pb").read_bytes() == pb
+
+
+def test_a_saved_model_beside_foreign_files_is_not_replaced(saved):
+    (saved / "main.py").write_text("print('mine')\n")
+    (saved / ".git").mkdir()
+    with pytest.raises(exporter.ExportError, match=r"it holds \.git, main\.py, which no export"):
+        save.check_destination(saved, overwrite=True)
+    assert (saved / "main.py").read_text() == "print('mine')\n"
+
+
+@pytest.mark.parametrize("out", ["/", "/tmp/..", "//"])
+def test_the_root_is_refused_in_one_line(out):
+    with pytest.raises(exporter.ExportError, match="the root") as raised:
+        save.check_destination(out, overwrite=True)
+    assert "\n" not in str(raised.value)
+
+
+def test_cli_refuses_a_symlinked_out_in_one_line_and_means_it(saved, tmp_path):
+    link = tmp_path / "link"
+    link.symlink_to(saved)
+    before = tree_state(tmp_path)
+    done = run_cli(
+        "feature_vector", "--backbone=mobilenet_v2", "--weights=none", f"--out={link}",
+        "--overwrite",
+    )  # fmt: skip
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: Expected --out={link} to be a directory path, not a "), last
+    assert f"(it links to {saved})" in last and "Nothing was changed" in last
+    assert sorted(os.listdir(tmp_path)) == ["link", "model"]
+    assert link.is_symlink() and tree_state(tmp_path) == before

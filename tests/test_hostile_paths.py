@@ -15,6 +15,7 @@ from test_unsafe_models import _Reducer, _save
 
 import exporter
 from exporter.making import save
+from exporter.making.export import MAX_LABELS_BYTES
 
 
 @pytest.fixture
@@ -82,3 +83,44 @@ def test_cli_refuses_a_symlinked_out_in_one_line_and_means_it(saved, tmp_path):
     assert f"(it links to {saved})" in last and "Nothing was changed" in last
     assert sorted(os.listdir(tmp_path)) == ["link", "model"]
     assert link.is_symlink() and tree_state(tmp_path) == before
+
+
+# -- a labels file (item 16) -----------------------------------------------------------------
+
+
+@pytest.fixture
+def fifo(tmp_path) -> Path:
+    path = tmp_path / "pipe"
+    os.mkfifo(path)
+    return path
+
+
+def test_labels_are_read_from_regular_files_only(tmp_path, fifo):
+    zero = tmp_path / "zero.txt"
+    zero.symlink_to("/dev/zero")
+    for path, received in ((zero, "a character device"), (fifo, "a FIFO")):
+        with pytest.raises(exporter.ExportError, match="regular file") as raised:
+            exporter.read_labels(path)  # Neither blocks nor reads without end.
+        assert str(path) in str(raised.value) and received in str(raised.value)
+    large = tmp_path / "large.txt"
+    with large.open("wb") as file:
+        file.truncate(MAX_LABELS_BYTES + 1)  # Sparse: costs nothing.
+    with pytest.raises(exporter.ExportError, match=f"{large} to be at most 67108864 bytes"):
+        exporter.read_labels(large)
+    (tmp_path / "ok.txt").write_text("cat\ndog\n")
+    assert exporter.read_labels(tmp_path / "ok.txt") == ["cat", "dog"]
+
+
+def test_cli_names_a_labels_file_that_is_a_device_in_one_line(tmp_path):
+    before = tree_state(tmp_path)
+    done = run_cli(
+        "classification", "--backbone=mobilenet_v2", "--weights=none", "--num_classes=3",
+        "--labels=/dev/zero", f"--out={tmp_path / 'out'}", timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    last = done.stderr.strip().splitlines()[-1]
+    assert last == (
+        "error: Cannot read labels file /dev/zero: Expected /dev/zero to be a regular file. "
+        "Received a character device."
+    ), last
+    assert tree_state(tmp_path) == before

@@ -16,6 +16,7 @@ from test_unsafe_models import _Reducer, _save
 import exporter
 from exporter.making import save
 from exporter.making.export import MAX_LABELS_BYTES
+from exporter.use import convert
 
 
 @pytest.fixture
@@ -124,3 +125,38 @@ def test_cli_names_a_labels_file_that_is_a_device_in_one_line(tmp_path):
         "Received a character device."
     ), last
     assert tree_state(tmp_path) == before
+
+
+# -- where a conversion may go (item 14, and issue 35's missing folders) --------------------
+
+
+def test_convert_never_writes_into_a_saved_model(saved, tmp_path):
+    other = _save(_Reducer(), tmp_path / "other")
+    link = tmp_path / "link"
+    link.symlink_to(saved)
+    before = tree_state(tmp_path)
+    outs = {
+        saved / "saved_model.pb": saved,  # The source's own graph, replaced by ONNX bytes.
+        saved / "variables" / "model.onnx": saved,
+        link / "model.onnx": link,
+        other / "assets" / "new" / "model.onnx": other,  # Another SavedModel.
+    }
+    for out, around in outs.items():
+        with pytest.raises(exporter.ExportError, match="outside any SavedModel") as raised:
+            convert.convert(saved, out, to="onnx", overwrite=True)
+        assert f"out={out}, inside the SavedModel {around}." in str(raised.value)
+    assert tree_state(tmp_path) == before
+
+
+def test_convert_makes_missing_folders_and_removes_them_on_failure(saved, tmp_path, monkeypatch):
+    out = tmp_path / "a" / "b" / "model.tflite"
+    done = convert.convert(saved, out, to="litert")
+    assert done.path == out and out.is_file() and done.sidecar.is_file()
+
+    def fail(*args):
+        raise exporter.ExportError("verification failed")
+
+    monkeypatch.setattr(convert, "_verify", fail)
+    with pytest.raises(exporter.ExportError, match="verification failed"):
+        convert.convert(saved, tmp_path / "c" / "d" / "model.tflite", to="litert")
+    assert sorted(os.listdir(tmp_path)) == ["a", "model"]

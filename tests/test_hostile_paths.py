@@ -14,6 +14,7 @@ from conftest import run_cli, tree_state
 from test_unsafe_models import _Reducer, _save
 
 import exporter
+from exporter.checking import conformance, savedmodel
 from exporter.making import save
 from exporter.making.export import MAX_LABELS_BYTES
 from exporter.use import convert
@@ -160,3 +161,39 @@ def test_convert_makes_missing_folders_and_removes_them_on_failure(saved, tmp_pa
     with pytest.raises(exporter.ExportError, match="verification failed"):
         convert.convert(saved, tmp_path / "c" / "d" / "model.tflite", to="litert")
     assert sorted(os.listdir(tmp_path)) == ["a", "model"]
+
+
+# -- a truncated variables file (item 18) ----------------------------------------------------
+
+DATA = "variables/variables.data-00000-of-00001"
+
+
+@pytest.fixture
+def truncated(saved) -> Path:
+    data = saved / DATA
+    os.truncate(data, data.stat().st_size - 2)
+    return saved
+
+
+def _error(consumer: str, path: Path) -> str:
+    """What ``consumer`` says of the SavedModel at ``path``: one line, or its failed rule."""
+    if consumer == "check":
+        results = conformance.check(path).results
+        return next(f"{r.rule}: {r.message}" for r in results if r.status == conformance.FAIL)
+    opening = {
+        "load": lambda: savedmodel.load(path),
+        "convert": lambda: convert.convert(path, path.parent / "model.onnx", to="onnx"),
+        "keras_layer": lambda: exporter.KerasLayer(str(path)),
+        "embed": lambda: pytest.importorskip("exporter.use.embed").describe_model(str(path)),
+    }
+    with pytest.raises(Exception) as raised:  # noqa: PT011 - the type differs by consumer.
+        opening[consumer]()
+    return str(raised.value)
+
+
+@pytest.mark.parametrize("consumer", ["load", "check", "convert", "keras_layer", "embed"])
+def test_a_truncated_variables_file_is_named_by_every_consumer(truncated, consumer):
+    message = _error(consumer, truncated)
+    size = (truncated / DATA).stat().st_size
+    assert f"{DATA} is truncated: expected at least {size + 2} bytes" in message, message
+    assert f"Received {size} bytes" in message and "\n" not in message

@@ -26,11 +26,12 @@ import os
 import tempfile
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 
-from exporter.checking import savedmodel
+from exporter.checking import checkpoint_index, savedmodel
 from exporter.errors import Error, UnsafeOpsError
 
 # First: when Beam is missing, beam_handler's ImportError names the extra to install.
@@ -92,10 +93,12 @@ def describe_model(model: str, *, allow_unsafe_ops: bool = False) -> ModelFacts:
         proto = savedmodel.read(path)
         if not allow_unsafe_ops:
             savedmodel.refuse_unsafe(path, proto, OPT_IN)
+        if "://" not in path:  # Files the workers' load would refuse: refused here, in one line.
+            checkpoint_index.vet(Path(path))
         labels = savedmodel.labels(path)
         fingerprint = _fingerprint(path)
     except (savedmodel.UnreadableError, UnsafeOpsError, OSError, ValueError) as error:
-        raise EmbedError(f"model={model}: {error}") from None
+        raise EmbedError(f"model={model}: {error}") from None  # CheckpointError: a ValueError.
     facts = savedmodel.metadata(path)[0] or {}
     size = facts.get("input") or {}
     task = facts.get("task")

@@ -71,6 +71,26 @@ def test_the_root_is_refused_in_one_line(out):
     assert "\n" not in str(raised.value)
 
 
+def test_a_failed_fallback_move_puts_the_original_back(saved, tmp_path, monkeypatch):
+    """Without renameat2, replacing is two renames; if the second fails, the first is undone
+    (the error then says "Nothing was changed", and it is true)."""
+    new = tmp_path / "new"
+    new.mkdir()
+    rename = os.rename
+
+    def failing_rename(source, target):
+        if Path(source) == new:
+            raise OSError(28, "No space left on device")
+        rename(source, target)
+
+    monkeypatch.setattr(save, "_exchange", lambda a, b: False)
+    monkeypatch.setattr(os, "rename", failing_rename)
+    before = tree_state(saved)
+    with pytest.raises(OSError, match="No space left"):
+        save._move_into_place(new, saved)
+    assert tree_state(saved) == before and sorted(os.listdir(tmp_path)) == ["model", "new"]
+
+
 def test_cli_refuses_a_symlinked_out_in_one_line_and_means_it(saved, tmp_path):
     link = tmp_path / "link"
     link.symlink_to(saved)

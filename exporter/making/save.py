@@ -435,7 +435,12 @@ def _move_into_place(tmp: Path, out: Path) -> None:
         return
     old = siblings.directory(out, _OLD_TAG)
     os.rename(out, old / "content")
-    os.rename(tmp, out)
+    try:
+        os.rename(tmp, out)
+    except BaseException:  # Put the original back, so that "nothing was changed" is true.
+        os.rename(old / "content", out)
+        os.rmdir(old)
+        raise
     shutil.rmtree(old, ignore_errors=True)
 
 

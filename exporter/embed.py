@@ -3,10 +3,12 @@
 Usage:
     python -m exporter.embed --model=EXPORT --images=GLOB_OR_DIR --out=PREFIX
         [--batch_size=32] [--image_size=N] [--format=parquet|tfrecord|jsonl] [--top_k=K]
-        [--runner=FnApiRunner] [any Beam pipeline option, e.g. --direct_num_workers=2]
+        [--max_pixels=100000000] [--runner=FnApiRunner]
+        [any Beam pipeline option, e.g. --direct_num_workers=2]
 
 Writes PREFIX-SSSSS-of-NNNNN.FORMAT (one record per image) and
-PREFIX-errors-SSSSS-of-NNNNN.jsonl (the files that are not images, with the reason).
+PREFIX-errors-SSSSS-of-NNNNN.jsonl (the files that are not images, or were refused unread:
+not regular files, over 1 GiB, or over --max_pixels by their header; with the reason).
 Exit status: 0 when the pipeline ran (even if some files were not images), 1 when it
 failed, 2 on a bad flag, model, glob or output prefix.
 """
@@ -20,6 +22,7 @@ from exporter import console
 
 try:
     from exporter.use.embed import DEFAULT_RUNNER, FORMATS, EmbedError, pipeline, run
+    from exporter.use.image_files import DEFAULT_MAX_PIXELS
 except ImportError as error:
     if __name__ != "__main__" or "tfhub-exporter[beam]" not in str(error):
         raise
@@ -45,6 +48,10 @@ _FORMAT = flags.DEFINE_enum("format", "parquet", list(FORMATS), "Output file for
 _TOP_K = flags.DEFINE_integer(
     "top_k", None, "Classifiers: add the K best (label, score) pairs from assets/labels.txt."
 )
+_MAX_PIXELS = flags.DEFINE_integer(
+    "max_pixels", DEFAULT_MAX_PIXELS, "The most pixels (height x width) an image may have, "
+    "read from its header before it is decoded; larger ones are listed in the errors.",
+)  # fmt: skip
 _RUNNER = flags.DEFINE_string(
     "runner", DEFAULT_RUNNER, "Beam runner: FnApiRunner (local, downloads nothing), "
     "DataflowRunner, FlinkRunner, ... Other Beam pipeline options are passed through."
@@ -58,7 +65,7 @@ USAGE_ERROR, FAILED = 2, 1
 # The library's messages name its arguments (`top_k=0`); here they are these flags.
 _FLAG_NAMES = tuple(
     flag.name for flag in (_MODEL, _IMAGES, _OUT, _BATCH_SIZE, _IMAGE_SIZE, _FORMAT, _TOP_K,
-                           _RUNNER, _ALLOW_UNSAFE_OPS)
+                           _MAX_PIXELS, _RUNNER, _ALLOW_UNSAFE_OPS)
 )  # fmt: skip
 
 
@@ -106,6 +113,7 @@ def main(argv: list[str]) -> int:
             runner=_RUNNER.value,
             beam_args=beam_args,
             allow_unsafe_ops=_ALLOW_UNSAFE_OPS.value,
+            max_pixels=_MAX_PIXELS.value,
         )
     except EmbedError as error:
         print(f"error: {console.as_flags(str(error), _FLAG_NAMES)}", file=sys.stderr)

@@ -10,9 +10,12 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import re
+import struct
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import keras
@@ -20,7 +23,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from conftest import REPO, run_cli
-from test_unsafe_models import _Writer  # The hostile model of every unsafe-path test.
+from test_unsafe_models import _Reducer, _save, _Writer  # _Writer: the hostile model.
 
 pytest.importorskip("apache_beam", reason="pip install 'tfhub-exporter[beam]'")
 pa_parquet = pytest.importorskip("pyarrow.parquet")
@@ -31,7 +34,7 @@ from apache_beam.metrics.metric import MetricsFilter  # noqa: E402
 from apache_beam.ml.inference.base import KeyedModelHandler, PredictionResult  # noqa: E402
 
 import exporter  # noqa: E402
-from exporter.use import embed  # noqa: E402
+from exporter.use import embed, image_files  # noqa: E402
 from exporter.use.beam_handler import SavedModelHandler, UnsafeModelError  # noqa: E402
 
 SIZE = 48  # Small images keep the runs fast; MobileNetV2 takes 32 and up.
@@ -46,6 +49,38 @@ def _encode(image, fmt: str, **kwargs) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, fmt, **kwargs)
     return buffer.getvalue()
+
+
+def _png_declaring(width: int, height: int) -> bytes:
+    """A valid PNG header declaring ``width`` x ``height`` RGB pixels, with 16 rows of data:
+    a pixel bomb of 1 KB that a decoder allocates ``3 * width * height`` bytes for."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        crc = struct.pack(">I", zlib.crc32(kind + body))
+        return struct.pack(">I", len(body)) + kind + body + crc
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    rows = zlib.compress(b"\x00" * (1 + 3 * width) * 16)
+    signature = b"\x89PNG\r\n\x1a\n"
+    return signature + chunk(b"IHDR", header) + chunk(b"IDAT", rows) + chunk(b"IEND", b"")
+
+
+# Files a stranger's corpus may hold, each refused unread (issue 32): name -> reason.
+HOSTILE = {
+    "zero.jpg": "to be a regular file. Received a character device.",
+    "pipe.png": "to be a regular file. Received a FIFO (named pipe).",
+    "bomb.png": "Expected at most max_pixels=100000000 pixels. Received a PNG of 23000x23000 "
+    "(529000000 pixels), refused before decoding.",
+}
+
+
+def _hostile_files(folder: Path) -> list[str]:
+    """Make ``HOSTILE``'s files in ``folder``; return their paths."""
+    folder.mkdir()
+    (folder / "zero.jpg").symlink_to("/dev/zero")  # Read without end: a MemoryError once.
+    os.mkfifo(folder / "pipe.png")  # Blocked the pipeline forever once.
+    (folder / "bomb.png").write_bytes(_png_declaring(23000, 23000))  # 8.6 GB once.
+    return [str(folder / name) for name in HOSTILE]
 
 
 def _good_file(index: int, rng: np.random.Generator) -> tuple[str, bytes]:
@@ -66,7 +101,8 @@ def _good_file(index: int, rng: np.random.Generator) -> tuple[str, bytes]:
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> tuple[Path, list[str], list[str]]:
-    """120 files in nested folders: 115 images of mixed formats and sizes, 5 broken files."""
+    """123 files in nested folders: 115 images of mixed formats and sizes, 5 broken files,
+    and in hostile/ 3 files refused unread (``_hostile_files``)."""
     root = tmp_path_factory.mktemp("corpus")
     folders = [root, root / "a", root / "a" / "b", root / "c" / "d" / "e"]
     for folder in folders:
@@ -88,7 +124,8 @@ def corpus(tmp_path_factory) -> tuple[Path, list[str], list[str]]:
     }
     for path, data in broken.items():
         path.write_bytes(data)
-    return root, sorted(good), sorted(str(p) for p in broken)
+    hostile = _hostile_files(root / "hostile")
+    return root, sorted(good), sorted([*map(str, broken), *hostile])
 
 
 def reference_images(paths: list[str], size: int = SIZE) -> np.ndarray:
@@ -186,6 +223,9 @@ def test_cli_lists_broken_files_counts_them_and_exits_0(cli_run, corpus):
     assert "Unknown image file format" in reasons["notes.txt"]
     assert "Invalid JPEG data" in reasons["truncated.jpg"]
     assert "Input is empty" in reasons["empty.png"]
+    for name, reason in HOSTILE.items():  # Refused unread, each with its reason.
+        assert reasons[name].endswith(reason), reasons[name]
+    assert not list(out.parent.glob("beam-temp-*"))  # The sinks' folders, gone once written.
     summary = done.stdout.strip().splitlines()[-1]
     assert summary.startswith(f"embedded {len(good)} images, {len(broken)} failed (listed in ")
     assert "in 8 batches" in summary and "images/s; records: " in summary
@@ -378,6 +418,37 @@ def test_decode_image_gives_rgb_in_0_1(mode):
     np.testing.assert_allclose(decoded, np.asarray(expected) / 255.0, atol=1e-6)
 
 
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "GIF", "BMP", "WEBP", "WEBP lossless"])
+def test_the_header_gives_the_size_the_decoder_sees(fmt):
+    image = Image.fromarray(np.zeros((20, 37, 3), np.uint8))
+    kind, _, lossless = fmt.partition(" ")
+    data = _encode(image, kind, **({"lossless": True} if lossless else {}))
+    assert image_files.dimensions(data)[1:] == (37, 20)
+    assert embed.decode_image(data, 8, max_pixels=20 * 37).shape == (8, 8, 3)
+    with pytest.raises(image_files.ImageFileError, match="Expected at most max_pixels=739 "):
+        embed.decode_image(data, 8, max_pixels=20 * 37 - 1)
+    if kind == "JPEG":  # Cut short: libjpeg's reason, or None where decoding will say.
+        with pytest.raises(tf.errors.InvalidArgumentError, match="Invalid JPEG data"):
+            image_files.dimensions(data[:5])
+    else:
+        assert image_files.dimensions(data[:5]) is None
+
+
+def test_a_failed_pipeline_leaves_no_temporary_folders(tmp_path):
+    """A model without ``training`` fails every batch: the sinks' folders must go too."""
+    model = _save(_Reducer(), tmp_path / "model")
+    images = tmp_path / "images"
+    images.mkdir()
+    pixels = np.zeros((8, 8, 3), np.uint8)
+    (images / "a.png").write_bytes(tf.io.encode_png(pixels).numpy())
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "beam-temp-records-0123456789abcdef0123456789abcdef").mkdir()  # Not this run's.
+    with pytest.raises(Exception, match="training"):  # noqa: PT011 - whatever Beam raises.
+        embed.run(str(model), str(images), str(out / "records"), image_size=8, format="jsonl")
+    assert os.listdir(out) == ["beam-temp-records-0123456789abcdef0123456789abcdef"]
+
+
 # -- bad input -------------------------------------------------------------------------------
 
 
@@ -395,6 +466,7 @@ def test_library_refuses_bad_arguments(feature_vector, classifier, corpus, tmp_p
         "top_k=3 needs a classifier": lambda: embed.pipeline(fv, root, top_k=3),
         "top_k=6, but the model has 5 classes": lambda: embed.pipeline(cls, root, top_k=6),
         "top_k=0: expected at least 1": lambda: embed.pipeline(cls, root, top_k=0),
+        "max_pixels=0: expected at least 1": lambda: embed.pipeline(fv, root, max_pixels=0),
         f"model={tmp_path / 'nothing'}: No such path":
             lambda: embed.pipeline(str(tmp_path / "nothing"), root),
         f"model={root}: Not a SavedModel": lambda: embed.pipeline(root, root),
@@ -425,6 +497,8 @@ def test_cli_bad_flags_fail_with_one_line(feature_vector, corpus, tmp_path):
         "unwritable out": ([model, images, f"--out={good[0]}/out"], 2,
                            f"error: --out={good[0]}/out: cannot write into"),
         "bad format": ([model, images, out, "--format=csv"], 2, "error: flag --format=csv"),
+        "bad max_pixels": ([model, images, out, "--max_pixels=0"], 2,
+                           "error: --max_pixels=0: expected at least 1."),
         "missing flags": ([images], 2, "error: --model and --out required; see --help."),
         "unknown flag": ([model, images, out, "--direct_num_worker=2"], 2,
                          "error: unknown flags ['--direct_num_worker']"),

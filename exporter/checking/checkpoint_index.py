@@ -4,10 +4,12 @@ TensorFlow's checkpoint reader trusts ``variables/variables.index``: an entry wh
 has a negative dimension, more than 254 dimensions or more than 2**63 - 1 elements fails a
 CHECK in ``tensor_shape.cc`` and aborts the whole process (SIGABRT, TF 2.21), checksums
 notwithstanding. Loading also blocks forever on a FIFO where it expects ``fingerprint.pb``
-or a variables file. ``vet`` reads the index as TensorFlow would (footer, index block,
-data blocks, entries) without trusting a byte of it and names the first reason not to let
-TensorFlow read the directory. It does not verify checksums: TensorFlow does, and stops at
-a bad one with an error instead of a crash.
+or a variables file, and a data file shorter than the index says gives a bare
+``IndexError: Read less bytes than requested`` that names no file. ``vet`` reads the index
+as TensorFlow would (footer, index block, data blocks, entries) without trusting a byte of
+it, checks that each data file holds what the index places in it, and names the first
+reason not to let TensorFlow read the directory. It does not verify checksums: TensorFlow
+does, and stops at a bad one with an error instead of a crash.
 """
 
 from __future__ import annotations
@@ -67,9 +69,17 @@ def vet(directory: Path) -> None:
         table = files.read_regular(index, _MAX_INDEX_BYTES)
     except (files.UnsafeFileError, OSError) as error:
         raise CheckpointError(f"{INDEX} cannot be read: {error}") from None
+    ends: dict[int, tuple[int, str]] = {}  # Per shard: the last byte any entry needs, and whose.
+    num_shards = 1
     for key, value in entries(table):
-        if key:
-            _vet_entry(key, value)
+        if not key:  # The header.
+            num_shards = _num_shards(value)
+            continue
+        name, entry = _vet_entry(key, value)
+        end = entry.offset + entry.size
+        if end > ends.get(entry.shard_id, (0, ""))[0]:
+            ends[entry.shard_id] = (end, name)
+    _vet_shards(directory, ends, num_shards)
 
 
 def _children(variables: Path) -> list[Path]:
@@ -170,7 +180,48 @@ def _block(table: bytes, handle: tuple[int, int], limit: int, where: str) -> lis
     return found
 
 
-def _vet_entry(key: bytes, value: bytes) -> None:
+def _num_shards(value: bytes) -> int:
+    try:
+        return tensor_bundle_pb2.BundleHeaderProto.FromString(value).num_shards
+    except DecodeError:
+        raise CheckpointError(f"{INDEX}: the header entry does not parse") from None
+
+
+def data_file(shard: int, num_shards: int) -> str:
+    """The data file of ``shard``, relative to the SavedModel, as TensorFlow names it."""
+    return f"variables/variables.data-{shard:05d}-of-{num_shards:05d}"
+
+
+def _vet_shards(directory: Path, ends: dict[int, tuple[int, str]], num_shards: int) -> None:
+    """Raise unless every data file the index points into holds the bytes it points to.
+
+    TensorFlow reads a tensor at its ``offset`` and ``size`` in the shard's data file; a
+    shorter file (truncated by a full disk or an interrupted copy) gives a bare
+    ``IndexError: Read less bytes than requested`` (TF 2.21) that names no file.
+    """
+    for shard, (end, name) in sorted(ends.items()):
+        if not 0 <= shard < num_shards:
+            raise CheckpointError(
+                f"{INDEX}: {name!r} is in shard {shard}: expected one of the header's "
+                f"{num_shards} shards"
+            )
+        relative = data_file(shard, num_shards)
+        try:
+            size = (directory / relative).stat().st_size
+        except OSError as error:
+            raise CheckpointError(
+                f"{relative} cannot be read ({error.strerror or error}): expected at least "
+                f"{end} bytes, the end of {name!r} in the index"
+            ) from None
+        if size < end:
+            raise CheckpointError(
+                f"{relative} is truncated: expected at least {end} bytes (the end of {name!r} "
+                f"in the index). Received {size} bytes"
+            )
+
+
+def _vet_entry(key: bytes, value: bytes) -> tuple[str, tensor_bundle_pb2.BundleEntryProto]:
+    """Raise unless the entry is a tensor TensorFlow can read; return its name and entry."""
     name = key.decode("utf-8", "backslashreplace")[:100]
     try:
         entry = tensor_bundle_pb2.BundleEntryProto.FromString(value)
@@ -195,6 +246,7 @@ def _vet_entry(key: bytes, value: bytes) -> None:
                 f"{INDEX}: {name!r} has a slice {extents[:5]}: expected one extent per "
                 f"dimension ({len(dims)}), each start and length at least 0"
             )
+    return name, entry
 
 
 def _shape_problem(dims: list[int], unknown_rank: bool) -> str | None:

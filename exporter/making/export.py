@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from exporter.checking import files
 from exporter.console import native_logs_filtered
 from exporter.errors import ExportError
 from exporter.making import external, precision, registry, serving
@@ -12,15 +13,24 @@ from exporter.making.build import build_classifier, build_feature_vector
 from exporter.making.preprocessing import Mode
 from exporter.making.save import check_destination, save_owned
 
+# A labels file is kilobytes (ImageNet-21k's: under 1 MB); larger is not one.
+MAX_LABELS_BYTES = 64 << 20
+
 
 def read_labels(path: str | os.PathLike) -> list[str]:
     """Read one class name per line (trailing blank lines ignored).
 
+    Only a regular file (or a link to one) of at most ``MAX_LABELS_BYTES`` is read: a FIFO
+    would block, and ``/dev/zero`` never ends.
+
     Raises:
-        ExportError: If the file is missing or unreadable.
+        ExportError: If the file is missing, unreadable, not a regular file, or too large.
     """
     try:
-        text = Path(path).expanduser().read_text(encoding="utf-8")
+        data = files.read_regular(Path(path).expanduser(), MAX_LABELS_BYTES, "a labels file")
+        text = data.decode("utf-8")
+    except files.UnsafeFileError as error:
+        raise ExportError(f"Cannot read labels file {path}: {error}") from None
     except UnicodeDecodeError as error:
         raise ExportError(
             f"Expected labels file {path} to be UTF-8 text, one class name per line. Received "

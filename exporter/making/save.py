@@ -63,13 +63,35 @@ def saver_tracing():
         yield
 
 
+# What an export writes at the top of its directory: TensorFlow's SavedModel layout, and our
+# model card in assets.extra/. ``overwrite`` replaces a directory that holds nothing else.
+EXPORT_NAMES = frozenset(
+    {spec.SAVED_MODEL_FILE, "fingerprint.pb", "variables", "assets", "assets.extra"}
+)
+_KEEP = "Nothing was changed; choose another output directory, or remove it yourself."
+
+
 def check_destination(out: str | os.PathLike, overwrite: bool) -> Path:
     """Return ``out`` as an absolute path, or raise if writing there would lose data.
 
     An empty directory may be replaced. A non-empty one needs ``overwrite``, and even then
-    only a SavedModel is replaced, never an arbitrary directory.
+    only a SavedModel (a ``saved_model.pb`` that parses) holding nothing but what an export
+    writes (``EXPORT_NAMES``) is replaced, never an arbitrary directory. A symbolic link is
+    never written through: the export would replace the link, not what it points to.
     """
-    out = Path(out).expanduser().absolute()
+    given = out
+    out = Path(os.path.abspath(os.path.expanduser(out)))  # Normalized: "a/.." is not a name.
+    if out.parent == out:
+        raise ExportError(
+            f"Expected out to name a directory inside another one. Received: out={given}, "
+            f"which is {out}, the root. {_KEEP}"
+        )
+    if out.is_symlink():
+        raise ExportError(
+            f"Expected out={given} to be a directory path, not a symbolic link (it links to "
+            f"{os.readlink(out)}). Nothing was changed; pass the path it links to, or remove "
+            "the link."
+        )
     if out.exists() and not out.is_dir():
         raise ExportError(f"Expected out={out} to be a directory path. Received a file.")
     ancestor = next(parent for parent in out.parents if parent.exists())
@@ -81,12 +103,24 @@ def check_destination(out: str | os.PathLike, overwrite: bool) -> Path:
                 f"Output directory {out} exists and is not empty; pass overwrite=True to "
                 "replace it."
             )
-        if not (out / spec.SAVED_MODEL_FILE).is_file():
-            raise ExportError(
-                f"Refusing to replace {out}: it is not a SavedModel (no saved_model.pb). "
-                "Choose another output directory, or remove it yourself."
-            )
+        _check_replaceable(out)
     return out
+
+
+def _check_replaceable(out: Path) -> None:
+    """Raise unless ``out`` holds a SavedModel and nothing that an export does not write."""
+    foreign = sorted(name for name in os.listdir(out) if name not in EXPORT_NAMES)
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if foreign[5:] else "")
+        raise ExportError(
+            f"Refusing to replace {out}: it holds {shown}, which no export writes, so it is "
+            f"not a SavedModel to replace. {_KEEP}"
+        )
+    try:
+        savedmodel.read(out)
+    except savedmodel.UnreadableError as error:
+        message = f"Refusing to replace {out}: it is not a SavedModel: {error} {_KEEP}"
+        raise ExportError(message) from None
 
 
 # Long: its docstring documents the public API.
@@ -394,13 +428,20 @@ def _move_into_place(tmp: Path, out: Path) -> None:
         os.rename(tmp, out)
         return
     # Replacing: swap atomically where the OS can, so `out` is never missing or partial.
+    # Once the new export is in place, failing to remove the old one is no failure of the
+    # export: what is left is a hidden sibling that the next export to ``out`` removes.
     if _exchange(tmp, out):
-        shutil.rmtree(tmp)  # Now holds the old content.
+        shutil.rmtree(tmp, ignore_errors=True)  # Now holds the old content.
         return
     old = siblings.directory(out, _OLD_TAG)
     os.rename(out, old / "content")
-    os.rename(tmp, out)
-    shutil.rmtree(old)
+    try:
+        os.rename(tmp, out)
+    except BaseException:  # Put the original back, so that "nothing was changed" is true.
+        os.rename(old / "content", out)
+        os.rmdir(old)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _exchange(a: Path, b: Path) -> bool:

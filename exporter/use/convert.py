@@ -165,15 +165,17 @@ def convert(
     if to == "onnx" and quantize != "none":
         raise ExportError(f"Expected quantize=none for ONNX. Received: quantize={quantize!r}.")
     fixed = parse_size(size)
-    out = Path(out).expanduser().absolute()
+    out = Path(os.path.abspath(os.path.expanduser(out)))
+    export = Path(os.path.abspath(os.path.expanduser(export)))
     sidecar = out.with_name(out.name + ".json")
-    _check_out(out, sidecar, overwrite)
+    _check_out(out, sidecar, export, overwrite)
     runtime = _Runtime.for_target(to)
-    source = _Source(Path(export).expanduser().absolute(), fixed, allow_unsafe_ops)
+    source = _Source(export, fixed, allow_unsafe_ops)
     with stage(f"convert {source.path.name} to {to} (quantize={quantize})"):
         content = runtime.convert(source, quantize)
-    temporaries = []
+    temporaries, created = [], []
     try:
+        created = _make_parents(out.parent)
         model_tmp = siblings.file(out, content)
         temporaries.append(model_tmp)
         with stage(f"verify in {runtime.name}"):
@@ -185,23 +187,59 @@ def convert(
         temporaries.append(siblings.file(sidecar, (json.dumps(facts, indent=2) + "\n").encode()))
         os.replace(temporaries[0], out)
         os.replace(temporaries[1], sidecar)
+        created = []  # Written: the folders made for it stay.
     finally:
         for path in temporaries:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
+        for directory in created:  # Deepest first.
+            with contextlib.suppress(OSError):
+                directory.rmdir()
     return Conversion(
         out, sidecar, to, quantize, len(content), BOUNDS[quantize], tuple(checks), warning
     )
 
 
-def _check_out(out: Path, sidecar: Path, overwrite: bool) -> None:
+def _check_out(out: Path, sidecar: Path, export: Path, overwrite: bool) -> None:
+    """Refuse an ``out`` that is a directory, exists (without ``overwrite``), lies under a
+    file, or lies inside a SavedModel: the source's files, or any other's, are never replaced."""
     for path in (out, sidecar):
         if path.is_dir():
             raise ExportError(f"Expected out to be a file path. Received a directory: out={path}.")
         if path.exists() and not overwrite:
             raise ExportError(f"{path} exists; pass overwrite=True to replace it.")
-    if not out.parent.is_dir():
-        raise ExportError(f"No such directory: {out.parent}.")
+    saved_model = _saved_model_around(out, export)
+    if saved_model is not None:
+        raise ExportError(
+            f"Expected out outside any SavedModel directory. Received: out={out}, inside the "
+            f"SavedModel {saved_model}. Nothing was written; choose a path outside it."
+        )
+    ancestor = next(parent for parent in out.parents if parent.exists())
+    if not ancestor.is_dir():
+        raise ExportError(f"Expected out={out} inside a directory, but {ancestor} is a file.")
+
+
+def _saved_model_around(out: Path, export: Path) -> Path | None:
+    """The SavedModel directory ``out`` lies in (``export``, or any folder above ``out`` that
+    holds a saved_model.pb), links followed or not; None if there is none."""
+    source = export.resolve()
+    for path in (out, out.resolve()):  # The link itself, and what it points to.
+        for parent in path.parents:
+            if parent.resolve() == source or (parent / spec.SAVED_MODEL_FILE).exists():
+                return parent
+    return None
+
+
+def _make_parents(parent: Path) -> list[Path]:
+    """Make the missing folders above ``out``, as the export commands do; return them, deepest
+    first (the order to remove them in, should the conversion fail)."""
+    missing = []
+    while not parent.exists():
+        missing.append(parent)
+        parent = parent.parent
+    for directory in reversed(missing):
+        directory.mkdir()
+    return missing
 
 
 class _Source:

@@ -2,11 +2,14 @@
 
 ``pipeline(...)`` is a Beam transform for users who build their own pipelines; ``run(...)``
 builds, runs and summarizes a whole pipeline (what ``python -m exporter.embed`` does). The
-reading, decoding, batching and inference are Beam's (``MatchFiles``, ``ReadMatches``,
-``RunInference``); what is ours is the preprocessing, the handler and the records.
+matching, batching and inference are Beam's (``MatchFiles``, ``RunInference``); what is ours
+is reading each file with care (``image_files``: regular files only, at most 1 GiB, at most
+``max_pixels`` by the header, before anything is decoded), the preprocessing, the handler
+and the records.
 
 Each image is preprocessed exactly like this (see ``decode_image``)::
 
+    image_files.check_pixels(data, max_pixels)                              # by its header
     image = tf.io.decode_image(data, channels=3, expand_animations=False)   # uint8 RGB
     image = tf.image.convert_image_dtype(image, tf.float32)                 # [0, 1]
     image = tf.image.resize(image, [image_size, image_size])                # bilinear
@@ -23,15 +26,19 @@ import dataclasses
 import json
 import logging
 import os
+import re
+import shutil
 import tempfile
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 
-from exporter.checking import savedmodel
+from exporter.checking import checkpoint_index, savedmodel
 from exporter.errors import Error, UnsafeOpsError
+from exporter.use import image_files
 
 # First: when Beam is missing, beam_handler's ImportError names the extra to install.
 from exporter.use.beam_handler import METRICS_NAMESPACE, OPT_IN, SavedModelHandler
@@ -92,10 +99,12 @@ def describe_model(model: str, *, allow_unsafe_ops: bool = False) -> ModelFacts:
         proto = savedmodel.read(path)
         if not allow_unsafe_ops:
             savedmodel.refuse_unsafe(path, proto, OPT_IN)
+        if "://" not in path:  # Files the workers' load would refuse: refused here, in one line.
+            checkpoint_index.vet(Path(path))
         labels = savedmodel.labels(path)
         fingerprint = _fingerprint(path)
     except (savedmodel.UnreadableError, UnsafeOpsError, OSError, ValueError) as error:
-        raise EmbedError(f"model={model}: {error}") from None
+        raise EmbedError(f"model={model}: {error}") from None  # CheckpointError: a ValueError.
     facts = savedmodel.metadata(path)[0] or {}
     size = facts.get("input") or {}
     task = facts.get("task")
@@ -113,19 +122,24 @@ def describe_model(model: str, *, allow_unsafe_ops: bool = False) -> ModelFacts:
     )
 
 
-def decode_image(data: bytes, image_size: int) -> np.ndarray:
+def decode_image(
+    data: bytes, image_size: int, max_pixels: int = image_files.DEFAULT_MAX_PIXELS
+) -> np.ndarray:
     """Decode one encoded image and resize it: the exact preprocessing of every record.
 
     JPEG, PNG (grayscale, palette and RGBA become RGB; alpha is dropped), GIF (first frame),
-    BMP and WebP, of any size. The image is stretched to ``image_size`` x ``image_size``
-    (no crop; the aspect ratio is not kept).
+    BMP and WebP, of at most ``max_pixels`` (read from the header before decoding). The
+    image is stretched to ``image_size`` x ``image_size`` (no crop; the aspect ratio is not
+    kept).
 
     Returns:
         float32 ``[image_size, image_size, 3]`` RGB in ``[0, 1]``.
 
     Raises:
+        image_files.ImageFileError: If the header declares more than ``max_pixels``.
         tf.errors.InvalidArgumentError: If ``data`` is not a decodable image.
     """
+    image_files.check_pixels(data, max_pixels)
     image = tf.io.decode_image(data, channels=3, expand_animations=False)
     image = tf.image.convert_image_dtype(image, tf.float32)
     return tf.image.resize(image, [image_size, image_size]).numpy()
@@ -157,23 +171,25 @@ class _Progress:
 
 
 class _DecodeImages(beam.DoFn):
-    """``ReadableFile`` -> ``(path, image)``, or ``{"path", "error"}`` on the ``errors`` tag."""
+    """``FileMetadata`` -> ``(path, image)``, or ``{"path", "error"}`` on the ``errors`` tag."""
 
     ERRORS = "errors"
 
-    def __init__(self, image_size: int):
-        self.image_size = image_size
+    def __init__(self, image_size: int, max_pixels: int):
+        self.image_size, self.max_pixels = image_size, max_pixels
         self.read = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "images_read")
         self.failed = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "images_failed")
 
     def setup(self):
         self.progress = _Progress("read {images} images, {failed} failed")
 
-    def process(self, readable):
-        path = readable.metadata.path
-        try:
-            image = decode_image(readable.read(), self.image_size)
-        except (tf.errors.OpError, OSError) as error:
+    def process(self, metadata):
+        path = metadata.path
+        if path.endswith(("/", "\\")):  # A remote filesystem's folder marker.
+            return
+        try:  # Refused files (ImageFileError is a ValueError) are errors like broken ones.
+            image = decode_image(image_files.read(path), self.image_size, self.max_pixels)
+        except (tf.errors.OpError, OSError, ValueError) as error:
             self.failed.inc()
             self.progress.add("failed")
             logger.warning("not an image, skipped: %s: %s", path, _reason(error))
@@ -188,14 +204,17 @@ class ReadImages(beam.PTransform):
     """Match a glob (or every file under a directory), read and decode each file.
 
     Applied to a pipeline root, gives ``{"images": (path, image), "errors": {path, error}}``.
-    Files that are not images, are truncated or cannot be read go to ``errors``; they never
-    fail the pipeline.
+    Files that are not images, are truncated or cannot be read, and files refused unread
+    (not regular files: devices, FIFOs, links to them; over 1 GiB; images of more than
+    ``max_pixels`` by their header) go to ``errors``; they never fail the pipeline.
     """
 
-    def __init__(self, images: str, image_size: int):
+    def __init__(
+        self, images: str, image_size: int, max_pixels: int = image_files.DEFAULT_MAX_PIXELS
+    ):
         super().__init__()
         self.pattern = image_pattern(images)
-        self.image_size = image_size
+        self.image_size, self.max_pixels = image_size, max_pixels
 
     def expand(self, root):
         decoded = (
@@ -203,9 +222,8 @@ class ReadImages(beam.PTransform):
             | "Match" >> fileio.MatchFiles(self.pattern)
             # One pattern is one element: spread the files over workers before reading.
             | "Spread" >> beam.Reshuffle()
-            | "Read" >> fileio.ReadMatches()
             | "Decode"
-            >> beam.ParDo(_DecodeImages(self.image_size)).with_outputs(
+            >> beam.ParDo(_DecodeImages(self.image_size, self.max_pixels)).with_outputs(
                 _DecodeImages.ERRORS, main="images"
             )
         )
@@ -318,13 +336,15 @@ class Embed(beam.PTransform):
         format: str,
         top_k: int | None,
         handler: SavedModelHandler,
+        max_pixels: int = image_files.DEFAULT_MAX_PIXELS,
     ):
         super().__init__()
         self.facts, self.images, self.out = facts, images, out
         self.image_size, self.format, self.top_k, self.handler = image_size, format, top_k, handler
+        self.max_pixels = max_pixels
 
     def expand(self, root):
-        read = root | "ReadImages" >> ReadImages(self.images, self.image_size)
+        read = root | "ReadImages" >> ReadImages(self.images, self.image_size, self.max_pixels)
         records = (
             read["images"]
             | "RunInference" >> RunInference(KeyedModelHandler(self.handler))
@@ -381,6 +401,7 @@ def _check_top_k(facts: ModelFacts, top_k: int | None) -> None:
         raise EmbedError(f"top_k={top_k}, but the model has {len(facts.labels)} classes.")
 
 
+# Long: its docstring documents the public API.
 def pipeline(
     model: str,
     images: str,
@@ -391,6 +412,7 @@ def pipeline(
     format: str = "parquet",
     top_k: int | None = None,
     allow_unsafe_ops: bool = False,
+    max_pixels: int = image_files.DEFAULT_MAX_PIXELS,
 ) -> Embed:
     """Make the Beam transform that embeds every image matched by ``images`` with ``model``.
 
@@ -411,6 +433,8 @@ def pipeline(
         top_k: Classifiers: add the ``top_k`` best ``(label, score)`` pairs; scores are the
             softmax or sigmoid the model card states, else the logits.
         allow_unsafe_ops: Run the model even if its graph has unsafe ops.
+        max_pixels: The most pixels (height x width, read from the header before decoding)
+            an image may have; larger ones go to the errors (default 100 megapixels).
 
     Raises:
         EmbedError: For a model that cannot be used, or a bad argument.
@@ -424,6 +448,8 @@ def pipeline(
         raise EmbedError(f'format="{format}": expected one of {", ".join(FORMATS)}.')
     if batch_size < 1:
         raise EmbedError(f"batch_size={batch_size}: expected at least 1.")
+    if max_pixels < 1:
+        raise EmbedError(f"max_pixels={max_pixels}: expected at least 1.")
     facts = describe_model(model, allow_unsafe_ops=allow_unsafe_ops)
     size = _image_size(facts, image_size)
     _check_top_k(facts, top_k)
@@ -436,7 +462,7 @@ def pipeline(
         allow_unsafe_ops=allow_unsafe_ops,
     )
     out = _absolute(str(out)) if out else None
-    return Embed(facts, images, out, size, format, top_k, handler)
+    return Embed(facts, images, out, size, format, top_k, handler, max_pixels)
 
 
 @dataclasses.dataclass
@@ -517,18 +543,21 @@ def run(
     runner: str = DEFAULT_RUNNER,
     beam_args: Sequence[str] = (),
     allow_unsafe_ops: bool = False,
+    max_pixels: int = image_files.DEFAULT_MAX_PIXELS,
 ) -> Summary:
     """Build and run the whole pipeline; return what it did.
 
     Args:
-        model, images, out, batch_size, image_size, format, top_k, allow_unsafe_ops: As in
-            ``pipeline``; ``out`` is required here.
+        model, images, out, batch_size, image_size, format, top_k, allow_unsafe_ops,
+            max_pixels: As in ``pipeline``; ``out`` is required here.
         runner: The Beam runner; default ``FnApiRunner`` (local, downloads nothing).
         beam_args: Any other Beam pipeline options, e.g. ``["--direct_num_workers=2",
             "--direct_running_mode=multi_processing"]`` or Dataflow's ``--project=...``.
 
     Raises:
         EmbedError: For a bad argument, before anything runs.
+        Exception: Whatever failed the pipeline; the temporary folders of its writes
+            (``beam-temp-*`` beside ``out``) are removed first.
 
     Example:
         >>> run("exports/mobilenet_v2", "photos/", "out/photos").line()
@@ -538,7 +567,7 @@ def run(
 
     transform = pipeline(
         model, images, out, batch_size=batch_size, image_size=image_size, format=format,
-        top_k=top_k, allow_unsafe_ops=allow_unsafe_ops,
+        top_k=top_k, allow_unsafe_ops=allow_unsafe_ops, max_pixels=max_pixels,
     )  # fmt: skip
     _check_images(images)
     _check_out(transform.out)
@@ -546,8 +575,7 @@ def run(
     start = time.perf_counter()
     p = beam.Pipeline(options=options)
     p | "Embed" >> transform
-    result = p.run()
-    result.wait_until_finish()
+    result = _run_to_the_end(p, transform.out)
     seconds = time.perf_counter() - start
     counts = _counters(result)
     errors = f"{transform.out}{ERRORS_SUFFIX}-*.jsonl"
@@ -561,6 +589,33 @@ def run(
         errors=_files(errors),
         model_load_seconds=_model_load_seconds(result),
     )
+
+
+def _run_to_the_end(p: beam.Pipeline, out: str):
+    """Run ``p`` and wait for it; if it fails, remove the temporary folders its writes left."""
+    before = _write_temporaries(out)
+    try:
+        result = p.run()
+        result.wait_until_finish()
+    except BaseException:
+        for path in _write_temporaries(out) - before:
+            shutil.rmtree(path, ignore_errors=True)
+        raise
+    return result
+
+
+def _write_temporaries(out: str) -> set[str]:
+    """The folders Beam's file sinks write into before they finalize, for ``out`` and its
+    errors (``beam-temp-NAME-UUID`` beside it); a failed pipeline leaves them behind."""
+    if "://" in out:
+        return set()  # Remote filesystems: left to Beam and the bucket's lifecycle.
+    directory, name = os.path.split(out)
+    pattern = re.compile(rf"beam-temp-{re.escape(name)}(?:{ERRORS_SUFFIX})?-[0-9a-f]{{32}}")
+    try:
+        entries = os.listdir(directory)
+    except OSError:
+        return set()
+    return {os.path.join(directory, e) for e in entries if pattern.fullmatch(e)}
 
 
 def _files(pattern: str) -> list[str]:

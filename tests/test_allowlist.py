@@ -11,9 +11,12 @@ loads exactly the bytes that were scanned, and only an explicit argument grants 
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import signal
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import keras
@@ -423,10 +426,15 @@ class _Hog(tf.Module):
 
 
 class _Aborts(tf.Module):
+    """Aborts the process on every call (refused by the scan unless unsafe ops are allowed)."""
+
     @tf.function(input_signature=[IMAGES])
     def __call__(self, images):
-        with tf.control_dependencies([tf.raw_ops.Abort(error_msg="boom")]):
+        def abort():
+            tf.raw_ops.Abort(error_msg="boom")
             return _pooled(images)
+
+        return tf.cond(tf.reduce_min(images) > -1.0, abort, lambda: _pooled(images))
 
 
 @pytest.mark.parametrize(
@@ -443,9 +451,27 @@ def test_check_on_a_model_that_hangs_or_crashes_ends_with_a_fail_line(
 ):
     path = tmp_path / "model"
     tf.saved_model.save(module(), str(path))
+    refused = {op for op, _ in unsafe_ops.scan(savedmodel.read(path))}
+    assert refused == ({"Abort"} if module is _Aborts else set())
     done = run_cli("check", str(path), *flags, timeout=300)
     assert done.returncode == 1, done.stderr[-2000:]
     failed = [line for line in done.stdout.splitlines() if line.strip().startswith("FAIL")]
     assert any(expected in line for line in failed), done.stdout
     assert "NOT CONFORMING" in done.stdout  # The rest of the report still printed.
     assert "safe_ops" in done.stdout and "serving_default" in done.stdout
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("official") is None,
+    reason="Model Garden is not installed: .ci/run installs tf-models-official (--no-deps)",
+)
+def test_model_gardens_tf_hub_exports_are_admitted(tmp_path):
+    done = subprocess.run(
+        [sys.executable, str(Path(__file__).with_name("model_garden_export.py")), str(tmp_path)],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    for name, width in (("classifier", 10), ("feature_vector", 128)):
+        assert unsafe_ops.scan(savedmodel.read(tmp_path / name)) == [], name
+        loaded = savedmodel.load(tmp_path / name)
+        assert loaded(tf.zeros([1, 64, 64, 3]), training=False).shape == (1, width)

@@ -430,11 +430,12 @@ class _Aborts(tf.Module):
 
     @tf.function(input_signature=[IMAGES])
     def __call__(self, images):
-        def abort():
-            tf.raw_ops.Abort(error_msg="boom")
+        with tf.control_dependencies([tf.raw_ops.Abort(error_msg="boom")]):
             return _pooled(images)
 
-        return tf.cond(tf.reduce_min(images) > -1.0, abort, lambda: _pooled(images))
+    @classmethod
+    def save(cls, path: str) -> None:
+        tf.saved_model.save(cls(), path)
 
 
 @pytest.mark.parametrize(
@@ -450,7 +451,14 @@ def test_check_on_a_model_that_hangs_or_crashes_ends_with_a_fail_line(
     tmp_path, module, flags, expected
 ):
     path = tmp_path / "model"
-    tf.saved_model.save(module(), str(path))
+    if module is _Aborts:  # Saved in a fresh process: after other saves in this one, the
+        # saved graph lost the Abort (seen with TF 2.21; not understood).
+        save = f"from test_allowlist import _Aborts; _Aborts.save({str(path)!r})"
+        saved = subprocess.run([sys.executable, "-c", save], cwd=Path(__file__).parent,
+                               capture_output=True, text=True, timeout=300)  # fmt: skip
+        assert saved.returncode == 0, saved.stderr[-2000:]
+    else:
+        tf.saved_model.save(module(), str(path))
     refused = {op for op, _ in unsafe_ops.scan(savedmodel.read(path))}
     assert refused == ({"Abort"} if module is _Aborts else set())
     done = run_cli("check", str(path), *flags, timeout=300)

@@ -483,3 +483,25 @@ def test_model_gardens_tf_hub_exports_are_admitted(tmp_path):
         assert unsafe_ops.scan(savedmodel.read(tmp_path / name)) == [], name
         loaded = savedmodel.load(tmp_path / name)
         assert loaded(tf.zeros([1, 64, 64, 3]), training=False).shape == (1, width)
+
+
+def test_a_write_that_a_signature_runs_is_model_code_even_if_the_save_tensor_reaches_it(
+    tmp_path,
+):
+    """Pointing the saver's save tensor at a signature's output does not make its writes the
+    saver's: a TF1 signature would write to the filename's default (``model``) when run."""
+    _tf1_saved_model(tmp_path / "tf1")
+    proto = savedmodel.read(tmp_path / "tf1")
+    meta = proto.meta_graphs[0]
+    assert unsafe_ops.scan(proto) == []
+    filename = meta.saver_def.filename_tensor_name.split(":")[0]
+    save = next(node for node in meta.graph_def.node if node.op == "SaveV2")
+    save.input[0] = filename
+    output = meta.signature_def["serving_default"].outputs["x"]
+    out = meta.graph_def.node.add(name="attacker/out", op="Identity")
+    out.input.extend([output.name, f"^{save.name}"])
+    output.name = "attacker/out:0"
+    meta.saver_def.save_tensor_name = output.name
+    assert ("SaveV2", "graph (writes a checkpoint outside the saver's save)") in (
+        unsafe_ops.scan(proto)
+    )

@@ -66,6 +66,24 @@ def _called(node) -> set[str]:
     return {name for value in node.attr.values() for name in _function_names(value)}
 
 
+def _model_roots(meta_graph: meta_graph_pb2.MetaGraphDef) -> set[str]:
+    """The graph nodes that signatures and a TF1 loader's init ops run (main op, tables)."""
+    roots = set()
+    for signature in meta_graph.signature_def.values():
+        for info in [*signature.inputs.values(), *signature.outputs.values()]:
+            roots.add(_source(info.name))
+            if info.HasField("coo_sparse"):
+                roots.update(
+                    _source(info.coo_sparse.values_tensor_name),
+                    _source(info.coo_sparse.indices_tensor_name),
+                    _source(info.coo_sparse.dense_shape_tensor_name),
+                )
+    for collection in meta_graph.collection_def.values():
+        roots.update(_source(name) for name in collection.node_list.value)
+        roots.update(_source(name.decode(errors="replace")) for name in collection.bytes_list.value)
+    return roots - {""}
+
+
 def _strings(node) -> list[bytes] | None:
     """The values of a string ``Const``, or None if ``node`` is not one."""
     if node.op != "Const" or not node.attr["value"].HasField("tensor"):
@@ -128,8 +146,12 @@ class _MetaGraph:
         self.nodes = {node.name: node for node in graph.node}
         saver = meta_graph.saver_def
         self.filename = _source(saver.filename_tensor_name)
-        restore = self._ancestors(_source(saver.restore_op_name))
-        save = self._ancestors(_source(saver.save_tensor_name)) - restore
+        # What signatures and init ops run is model code, whatever else reaches it.
+        model = set()
+        for start in _model_roots(meta_graph):
+            model |= self._ancestors(start)
+        restore = self._ancestors(_source(saver.restore_op_name)) - model
+        save = self._ancestors(_source(saver.save_tensor_name)) - restore - model
         self.node_role = {
             name: RESTORE if name in restore else SAVE if name in save else MODEL
             for name in self.nodes

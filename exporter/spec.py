@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import re
 
-import tensorflow as tf
+from exporter import console
 
-from exporter.errors import Error
+console.load_tensorflow()  # Without its C++ start-up lines (exporter.console).
+
+import tensorflow as tf  # noqa: E402
+
+from exporter.errors import Error  # noqa: E402
 
 CHANNELS = 3
 IMAGE_DTYPE = tf.float32

@@ -5,3 +5,11 @@ wrap a backbone in the image API (``preprocessing``, ``precision``, ``serving``)
 writes, verifies and documents the SavedModel (``card``), and ``export`` runs those steps
 in order. This side may run the checker on what it wrote, but never imports ``exporter.use``.
 """
+
+from exporter import console as _console
+
+_console.load_tensorflow()  # Without its C++ start-up lines (exporter.console).
+
+from exporter.making import backbones as _backbones  # noqa: E402
+
+_backbones.register_all()  # Every family's fact sheets, before any lookup.

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import keras
 
+from exporter import choices
 from exporter.errors import ExportError, first_line
 from exporter.making import external, precision, registry
 from exporter.making.head import DEFAULT_DROPOUT, HeadDropout, new_head
@@ -20,10 +21,7 @@ from exporter.making.preprocessing import Mode
 from exporter.progress import stage
 
 WEIGHT_SUFFIXES = (".weights.h5", ".keras")
-WEIGHTS_HELP = (
-    "'imagenet' (Keras' own download and cache), 'none' (random initialization), or a path "
-    "to a .weights.h5 or .keras file saved from the same architecture"
-)
+WEIGHTS_HELP = choices.WEIGHTS_HELP
 
 
 def resolve_weights(weights: str | os.PathLike | None) -> str | Path | None:

@@ -23,13 +23,13 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from exporter import siblings, spec
+from exporter import choices, siblings, spec
 from exporter.checking import savedmodel
 from exporter.errors import ExportError, UnsafeOpsError, first_line
 from exporter.progress import stage
 
-RUNTIMES = ("litert", "onnx")
-QUANTIZATIONS = ("none", "float16", "dynamic_int8")
+RUNTIMES = choices.RUNTIMES
+QUANTIZATIONS = choices.QUANTIZATIONS
 ONNX_OPSET = 17
 INSTALL = "pip install 'tfhub-exporter[convert]'"
 OPT_IN = "If you trust it, pass allow_unsafe_ops=True."

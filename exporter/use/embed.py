@@ -30,6 +30,7 @@ from collections.abc import Sequence
 import numpy as np
 import tensorflow as tf
 
+from exporter import choices
 from exporter.checking import savedmodel
 from exporter.errors import Error, UnsafeOpsError
 
@@ -45,8 +46,8 @@ from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 
 logger = logging.getLogger("exporter")
 
-FORMATS = ("parquet", "tfrecord", "jsonl")
-DEFAULT_RUNNER = "FnApiRunner"  # Local and offline: DirectRunner first fetches a Prism binary.
+FORMATS = choices.EMBED_FORMATS
+DEFAULT_RUNNER = choices.DEFAULT_RUNNER
 DEFAULT_SIZE = 224  # For SavedModels whose metadata states no native size.
 ERRORS_SUFFIX = "-errors"
 _PROGRESS_SECONDS = 10.0

@@ -66,7 +66,8 @@ MIN_SIZE = flags.DEFINE_integer(
 # The Python arguments that library messages may name, which both export CLIs have as flags.
 _FLAG_NAMES = (
     "out", "weights", "overwrite", "compute_dtype", "preprocessing", "native_size", "min_size",
-    "num_classes",
+    "num_classes", "pooling", "serving_size", "serving_inputs", "labels", "dropout_rate",
+    "weight_decay", "backbone",
 )  # fmt: skip
 LIST_BACKBONES = flags.DEFINE_bool(
     "list_backbones", False, "Print every registered backbone with its facts, then exit."

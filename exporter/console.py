@@ -23,7 +23,6 @@ ours, and some read as failures.
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import re
 import sys

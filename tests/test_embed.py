@@ -471,7 +471,7 @@ def test_core_never_imports_beam_and_the_cli_names_the_extra_without_it():
         "import exporter, exporter.making.build, exporter.checking.conformance, exporter.use\n"
         "assert 'apache_beam' not in sys.modules, 'the core imported Beam'\n"
         "sys.modules['apache_beam'] = None  # As if it were not installed.\n"
-        "sys.argv = ['exporter.embed', '--help']\n"
+        "sys.argv = ['exporter.embed', '--model=m', '--images=i', '--out=o', '--batch_size=2']\n"
         "runpy.run_module('exporter.embed', run_name='__main__')\n"
     )
     done = subprocess.run(

@@ -18,6 +18,7 @@ def python_export(tmp_path_factory):
     out = tmp_path_factory.mktemp("python-export") / "mobilenet_v2"
     code = (
         "import sys, exporter\n"
+        "exporter.enable_stage_lines()  # The documented opt-in (a library logs quietly).\n"
         "exporter.export_feature_vector('mobilenet_v2', sys.argv[1], weights='none')\n"
     )
     return out, run_as_new_user([sys.executable, "-c", code, str(out)])

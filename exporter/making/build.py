@@ -12,10 +12,10 @@ from pathlib import Path
 import keras
 
 from exporter import choices
-from exporter.errors import ExportError, first_line
+from exporter.errors import ArgumentError, ExportError, first_line
 from exporter.making import external, precision, registry
 from exporter.making.head import DEFAULT_DROPOUT, HeadDropout, new_head
-from exporter.making.layers import POOLINGS, add_weight_decay
+from exporter.making.layers import add_weight_decay
 from exporter.making.module import ClassifierModule, FeatureVectorModule, ImageModule
 from exporter.making.preprocessing import Mode
 from exporter.progress import stage
@@ -36,9 +36,9 @@ def resolve_weights(weights: str | os.PathLike | None) -> str | Path | None:
         return "imagenet"
     path = Path(weights).expanduser()
     if not path.name.endswith(WEIGHT_SUFFIXES):
-        raise ExportError(f"Expected weights to be {WEIGHTS_HELP}. Received: {str(weights)!r}.")
+        raise ArgumentError(f"Expected weights to be {WEIGHTS_HELP}. Received: {str(weights)!r}.")
     if not path.is_file():
-        raise ExportError(f"Weights file not found: {path}. Expected {WEIGHTS_HELP}.")
+        raise ArgumentError(f"Weights file not found: {path}. Expected {WEIGHTS_HELP}.")
     return path
 
 
@@ -93,8 +93,8 @@ def load_backbone(
         >>> model = load_backbone("mobilenet_v2", weights="none")  # For training in Keras.
     """
     backbone = registry.resolve(backbone)
-    if pooling is not None and pooling not in POOLINGS:
-        raise ExportError(f"Unknown pooling {pooling!r}; known: {', '.join(POOLINGS)}.")
+    if pooling is not None:
+        backbone.check_pooling(pooling)
     if backbone.norm_after_pooling:
         pooling = pooling or "avg"
     size = backbone.native_size if backbone.fixed_size else None
@@ -219,8 +219,8 @@ def build_feature_vector(
     )  # fmt: skip
     if elsewhere is not None:
         return elsewhere
-    pooling = pooling or "avg"
     facts = registry.resolve(backbone)
+    pooling = facts.check_pooling(pooling)
 
     def make(float32_twin=None):
         # Families that normalize after pooling pool inside Keras; the rest are pooled by

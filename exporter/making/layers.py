@@ -242,7 +242,8 @@ def add_weight_decay(layers, weight_decay: float) -> None:
 
 POOLINGS = ("avg", "max")  # Of a feature map, by the module.
 # Of a backbone that pools inside (a keras-hub classifier's body): documented, not applied.
-POOLED_INSIDE = ("token", "gap", "flatten", "map")
+# "none": features [batch, n] used as they are (a .keras model that outputs them).
+POOLED_INSIDE = ("token", "gap", "flatten", "map", "none")
 
 
 def check_pooling(pooling: str) -> str:

@@ -17,11 +17,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import importlib.metadata
+import inspect
 from pathlib import Path
 
 import keras
 
-from exporter.errors import ExportError, first_line
+from exporter import choices
+from exporter.errors import ArgumentError, ExportError, first_line
 from exporter.making.head import HeadDropout
 from exporter.making.preprocessing import Affine
 from exporter.progress import stage
@@ -199,11 +201,15 @@ def load(handle: str, *, weights: bool = True, pooling: str | None = None) -> Pr
         ) from None
     name = backbone_class.__name__
     if name in ENCODERS:
-        return _load_encoder(keras_hub, handle, name, weights, pooling)
+        _check_pooling(pooling, (ENCODERS[name][0],), handle, f"{name} pools as its own code does")
+        return _load_encoder(keras_hub, handle, name, weights)
     task_class = _classifier_class(keras_hub, backbone_class)
     if task_class is None:
         why = REFUSED.get(name, "not an image backbone with a keras-hub ImageClassifier")
         raise ExportError(f"Cannot export keras-hub preset {handle!r} ({name}): {why}.")
+    _check_pooling(
+        pooling, classifier_poolings(task_class), handle, f"as its {task_class.__name__} pools"
+    )
     options = {} if pooling is None else {"pooling": pooling}
     with _building(handle, task_class.__name__, pooling):
         if has_task and not options:
@@ -251,14 +257,28 @@ def _building(handle: str, what: str, pooling: str | None):
         ) from error
 
 
-def _load_encoder(keras_hub, handle: str, name: str, weights: bool, pooling) -> Preset:
+def classifier_poolings(task_class) -> tuple[str, ...]:
+    """The poolings a keras-hub ``ImageClassifier`` class takes: a token model's (ViT,
+    DeiT: its default is ``"token"``) or a feature map's global ones."""
+    try:
+        default = inspect.signature(task_class.__init__).parameters["pooling"].default
+    except (KeyError, TypeError, ValueError):
+        default = None
+    return choices.TOKEN_POOLINGS if default in choices.TOKEN_POOLINGS else choices.MAP_POOLINGS
+
+
+def _check_pooling(pooling: str | None, takes: tuple[str, ...], handle: str, why: str) -> None:
+    """Refuse, before anything is built, a pooling this preset's family does not do."""
+    if pooling is not None and pooling not in takes:
+        raise ArgumentError(
+            f"Expected pooling to be one of {', '.join(takes)} for keras-hub preset "
+            f'{handle!r} ({why}), or left unset. Received: pooling="{pooling}".'
+        )
+
+
+def _load_encoder(keras_hub, handle: str, name: str, weights: bool) -> Preset:
     """A vision encoder: its pooled image embedding, no classifier of its own."""
     own_pooling, words = ENCODERS[name]
-    if pooling not in (None, own_pooling):
-        raise ExportError(
-            f"Expected no pooling (or {own_pooling!r}) for keras-hub preset {handle!r}: "
-            f"{name} pools as its own code does. Received: pooling={pooling!r}."
-        )
     with _building(handle, name, None):
         backbone = keras_hub.models.Backbone.from_preset(handle, load_weights=weights)
     body = _encoder_body(backbone, name)

@@ -20,6 +20,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import logging
 import os
@@ -195,14 +196,18 @@ class ReadImages(beam.PTransform):
 
     def __init__(self, images: str, image_size: int):
         super().__init__()
-        self.pattern = image_pattern(images)
+        self.patterns = image_patterns(images)
         self.image_size = image_size
 
     def expand(self, root):
         decoded = (
             root
-            | "Match" >> fileio.MatchFiles(self.pattern)
-            # One pattern is one element: spread the files over workers before reading.
+            | "Patterns" >> beam.Create(self.patterns)
+            | "Match" >> fileio.MatchAll()
+            # A file two patterns match is read once (only "a/**/**/b" makes such pairs).
+            | "Paths" >> beam.Map(lambda metadata: metadata.path)
+            | "Once" >> beam.Distinct()
+            # Few patterns are few elements: spread the files over workers before reading.
             | "Spread" >> beam.Reshuffle()
             | "Read" >> fileio.ReadMatches()
             | "Decode"
@@ -350,6 +355,25 @@ def image_pattern(images: str) -> str:
     return images
 
 
+def image_patterns(images: str) -> list[str]:
+    """Beam globs that together match what ``image_pattern(images)`` means in a shell.
+
+    ``**/`` matches zero or more folders, as in shells and ``glob.glob(recursive=True)``;
+    Beam's ``**`` is any text, so ``photos/**/*.jpg`` would need at least one folder and
+    skip ``photos/a.jpg``. Each ``**/`` is therefore also tried as nothing.
+
+    Example:
+        >>> image_patterns("/data/photos/**/*.jpg")
+        ['/data/photos/**/*.jpg', '/data/photos/*.jpg']
+    """
+    parts = image_pattern(images).split("**/")
+    variants = []
+    for keep in itertools.product(("**/", ""), repeat=len(parts) - 1):
+        pairs = zip(keep, parts[1:], strict=True)
+        variants.append(parts[0] + "".join(star + part for star, part in pairs))
+    return list(dict.fromkeys(variants))
+
+
 def _image_size(facts: ModelFacts, image_size: int | None) -> int:
     if image_size is None:
         return facts.native_size or DEFAULT_SIZE
@@ -470,9 +494,10 @@ class Summary:
 def _check_images(images: str) -> str:
     pattern = image_pattern(images)
     try:
-        found = FileSystems.match([pattern])[0].metadata_list
+        results = FileSystems.match(image_patterns(images))
     except Exception as error:  # Beam raises BeamIOError, or the filesystem's own errors.
         raise EmbedError(f"images={images}: cannot list it: {error}") from None
+    found = [metadata for result in results for metadata in result.metadata_list]
     if not found:
         raise EmbedError(f"images={images}: no files match (searched {pattern}).")
     return pattern

@@ -4,6 +4,7 @@ presets and ``.keras`` files through ``external``)."""
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from collections.abc import Callable
 from importlib import resources
@@ -72,8 +73,42 @@ def load_weights_file(model: keras.Model, path: Path, architecture: str, hint: s
             model.load_weights(path)
     except Exception as error:
         raise ExportError(
-            f"Weights file {path} does not fit {architecture}: {first_line(error)}{hint}"
+            f"Weights file {path} does not fit {architecture}: {weights_mismatch(error)}{hint}"
         ) from error
+
+
+# Keras 3.15's words for a weights file of another architecture (saving_lib, the variables).
+_COUNTS = re.compile(
+    r"Layer '([^']+)' expected (\d+) variables, but received (\d+) variables during loading\."
+    r"(?: Expected: \[([^\]]*)\])?"
+)
+_SHAPES = re.compile(r"variable\.shape=(\([^)]*\)), Received: value\.shape=(\([^)]*\))")
+_TARGET = re.compile(r"Target variable: <Variable path=([^,>\s]+)")
+_TOTAL = re.compile(r"A total of (\d+) objects could not be loaded")
+
+
+def weights_mismatch(error: BaseException) -> str:
+    """What did not fit, in one sentence: the layer or variable, what it expects and what the
+    file has (Keras' own message is pages long and its first line stops at a colon)."""
+    text = str(error)
+    total = _TOTAL.search(text)
+    more = f" ({total.group(1)} layers in all do not fit)" if total else ""
+    counts = _COUNTS.search(text)
+    if counts:
+        name, expected, received, names = counts.groups()
+        which = f" ({names.replace(chr(39), '')})" if names else ""
+        return (
+            f"its layer {name} expects {expected} weights{which}, the file has {received} for "
+            f"it{more}."
+        )
+    shapes, target = _SHAPES.search(text), _TARGET.search(text)
+    if shapes:
+        where = f"{target.group(1)} expects" if target else "a weight expects"
+        return f"{where} shape {shapes.group(1)}, the file has {shapes.group(2)}{more}."
+    line = first_line(error).rstrip()
+    if line.endswith(":"):  # A sentence that goes on in lines we do not print.
+        line = line[: line.rfind(". ") + 1] if ". " in line else line.rstrip(":") + "."
+    return line
 
 
 def load_backbone(

@@ -18,6 +18,7 @@ import contextlib
 import dataclasses
 import importlib.metadata
 import inspect
+import re
 from pathlib import Path
 
 import keras
@@ -196,9 +197,8 @@ def load(handle: str, *, weights: bool = True, pooling: str | None = None) -> Pr
         backbone_class = loader.check_backbone_class()
         has_task = preset_utils.check_file_exists(handle, TASK_FILE)
     except Exception as error:  # Offline, missing, or not a preset: keras-hub's words.
-        raise ExportError(
-            f"Could not read keras-hub preset {handle!r}: {first_line(error)}"
-        ) from None
+        why = offline_reason(error) or first_line(error)
+        raise ExportError(f"Could not read keras-hub preset {handle!r}: {why}") from None
     name = backbone_class.__name__
     if name in ENCODERS:
         _check_pooling(pooling, (ENCODERS[name][0],), handle, f"{name} pools as its own code does")
@@ -255,6 +255,29 @@ def _building(handle: str, what: str, pooling: str | None):
             f"Could not build keras-hub preset {handle!r} as {what}"
             f"{f' with pooling={pooling!r}' if pooling else ''}: {first_line(error)}{hint}"
         ) from error
+
+
+# What the network libraries say when a host cannot be reached (requests, urllib3, socket).
+_OFFLINE_TYPES = ("ConnectionError", "NameResolutionError", "MaxRetryError", "gaierror")
+_HOST = re.compile(r"host='([^']+)'")
+
+
+def offline_reason(error: BaseException) -> str | None:
+    """Why a preset could not be read, in one line, when ``error`` (or its cause) is a
+    connection failure: "cannot download it: no network (HOST cannot be reached) ..."; None
+    for any other error."""
+    seen, cause = [], error
+    while cause is not None and len(seen) < 10:
+        seen.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    if not any(type(cause).__name__ in _OFFLINE_TYPES for cause in seen):
+        return None
+    hosts = [match.group(1) for cause in seen for match in [_HOST.search(str(cause))] if match]
+    where = f" ({hosts[0]} cannot be reached)" if hosts else ""
+    return (
+        f"cannot download it: no network{where}. Connect, or export a preset folder that "
+        "keras-hub's save_to_preset wrote."
+    )
 
 
 def classifier_poolings(task_class) -> tuple[str, ...]:

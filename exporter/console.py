@@ -77,6 +77,7 @@ _USER_LEVEL = user_level()
 _NATIVE_LINE = re.compile(
     rb"[IWEF]\d{4} \d\d:\d\d:\d+\.\d+ +\d+ [^\s:\]]+:\d+\] "
     rb"|WARNING: All log messages before absl::InitializeLog\(\) is called"
+    rb"|INFO: Created TensorFlow Lite XNNPACK delegate for CPU\."  # LiteRT's, at each load.
 )
 # What continues the C++ line before it: cpu_feature_guard's second line, an op error's
 # indented "[[{{node ...}}]]".
@@ -262,7 +263,12 @@ def load_tensorflow() -> None:
 
         return
     with native_logs_filtered:
-        import tensorflow  # noqa: F401, F811
+        import tensorflow as tf
+
+        # Listing the GPUs initializes CUDA: on a machine without one, "failed call to
+        # cuInit" is printed now, filtered, instead of at the user's first op. It hides no
+        # GPU and fixes no device setting (set_visible_devices still works after it).
+        tf.config.list_physical_devices("GPU")
 
 
 def quiet_python_logs() -> None:

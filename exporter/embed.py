@@ -17,7 +17,7 @@ import logging as std_logging
 from absl import flags
 from absl import logging as absl_logging
 
-from exporter import choices, command, console
+from exporter import choices, command, console, progress
 
 _ENTRY_POINTS = ("pipeline", "run")
 
@@ -106,6 +106,7 @@ def main(argv: list[str]) -> int:
     for name in ("tensorflow", "apache_beam"):
         std_logging.getLogger(name).setLevel(std_logging.WARNING)
     absl_logging.set_verbosity(absl_logging.INFO)
+    progress.enable_stage_lines()  # Our progress lines and warnings, plain.
     try:
         from exporter.use.embed import EmbedError, run
     except ImportError as error:

@@ -4,15 +4,13 @@ so each subprocess here takes a fraction of a second."""
 
 import json
 import logging
-import os
-import subprocess
 import sys
 import time
 import unittest
 
 import keras
 import pytest
-from conftest import REPO, run_cli
+from conftest import REPO, run_as_new_user, run_cli
 
 import exporter
 from exporter import command, console, progress
@@ -131,13 +129,12 @@ def test_a_bare_import_is_cheap_and_the_public_names_resolve():
         "from exporter import KerasLayer, export_feature_vector, ExportError\n"
         "assert exporter.get_backbone('resnet50').num_features == 2048\n"
         "assert set(exporter.__all__) <= set(dir(exporter))\n"
+        "import tensorflow as tf; tf.constant(1.0) + 1.0  # The first op: no cuInit line.\n"
         "print(all(getattr(exporter, name) is not None for name in exporter.__all__))\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-    )  # fmt: skip
+    done = run_as_new_user([sys.executable, "-c", code], timeout=300)
     assert done.returncode == 0 and done.stdout.strip() == "True", done.stderr[-2000:]
+    assert done.stderr == "", done.stderr  # Nothing of TensorFlow's, nothing of ours.
     with pytest.raises(AttributeError, match="no attribute 'export_feature_vectors'"):
         exporter.export_feature_vectors  # noqa: B018
 
@@ -162,6 +159,11 @@ def test_our_records_reach_assertlogs_and_caplog_and_the_opt_in_prints_them(capl
     finally:
         exporter.enable_stage_lines(False)
     assert logging.getLogger("exporter").propagate
+
+
+def test_litert_delegate_line_is_filtered_as_native():
+    assert console.is_native_log(b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU.\n")
+    assert not console.is_native_log(b"INFO: our own line\n")
 
 
 def test_jax_default_log_level_is_not_taken_for_the_users_choice():

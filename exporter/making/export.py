@@ -73,6 +73,24 @@ def export_feature_vector(
     )
 
 
+def _checked_labels(backbone, num_classes, labels) -> list[str] | None:
+    """``labels`` as a list, once ``num_classes`` and their count are known to fit."""
+    if num_classes is not None and (not isinstance(num_classes, int) or num_classes < 1):
+        raise ArgumentError(
+            f"Expected num_classes to be a positive int. Received: {num_classes!r}."
+        )
+    if labels is not None and not isinstance(labels, list):
+        labels = read_labels(labels)
+    if isinstance(backbone, registry.Backbone):
+        expected = num_classes or backbone.num_classes
+        if labels is not None and len(labels) != expected:
+            raise ArgumentError(
+                f"Expected one label per class ({expected} for {backbone.name}). "
+                f"Received {len(labels)} labels."
+            )
+    return labels
+
+
 def _resolved(backbone):
     """A registered name's fact sheet; a preset or ``.keras`` file as given."""
     if external.kind(backbone) == external.REGISTERED:
@@ -128,19 +146,7 @@ def export_classifier(
     """
     check_destination(out, overwrite)
     backbone = _resolved(backbone)
-    if num_classes is not None and (not isinstance(num_classes, int) or num_classes < 1):
-        raise ArgumentError(
-            f"Expected num_classes to be a positive int. Received: {num_classes!r}."
-        )
-    if labels is not None and not isinstance(labels, list):
-        labels = read_labels(labels)
-    if isinstance(backbone, registry.Backbone):
-        expected = num_classes or backbone.num_classes
-        if labels is not None and len(labels) != expected:
-            raise ArgumentError(
-                f"Expected one label per class ({expected} for {backbone.name}). "
-                f"Received {len(labels)} labels."
-            )
+    labels = _checked_labels(backbone, num_classes, labels)
     if dropout_rate is not None and not 0.0 <= dropout_rate < 1.0:
         raise ArgumentError(f"Expected dropout_rate in [0, 1). Received: {dropout_rate!r}.")
     _check_serving(backbone, serving_inputs, serving_size, compute_dtype)

@@ -25,6 +25,7 @@ import tensorflow as tf
 
 from exporter import choices, siblings, spec
 from exporter.checking import savedmodel
+from exporter.console import native_logs_filtered
 from exporter.errors import ExportError, UnsafeOpsError, first_line
 from exporter.progress import stage
 
@@ -120,6 +121,7 @@ def parse_size(size: int | str | tuple[int, int] | list[int] | None) -> tuple[in
 
 
 # Long: its docstring documents the public API; the body is 35 lines of stages in order.
+@native_logs_filtered  # LiteRT's "Created TensorFlow Lite XNNPACK delegate" (exporter.console).
 def convert(
     export: str | os.PathLike,
     out: str | os.PathLike,

@@ -30,6 +30,8 @@ _HELP = ("--help", "-help", "-h", "--helpshort", "-helpshort", "-?")
 _HELP_FULL = ("--helpfull", "-helpfull")
 
 _interrupted: list[int] = []
+# Called with the message before a usage error exits (check --json prints its JSON object).
+_on_usage_error: list[Callable[[str], None]] = []
 
 
 def interrupted() -> int | None:
@@ -53,7 +55,13 @@ def stop_unwinding() -> None:
 
 
 def usage_error(message: str) -> NoReturn:
-    """Print ``error: message`` as one line on standard error; exit 2."""
+    """Print ``error: message`` as one line on standard error; exit 2.
+
+    A command that must write something else first (``check --json``: one JSON object on
+    standard output, whatever happens) gives ``start`` an ``on_usage_error``.
+    """
+    for hook in _on_usage_error:
+        hook(message)
     fail(message, USAGE_ERROR)
 
 
@@ -98,12 +106,19 @@ def parse(argv: Sequence[str], known_only: bool = False) -> list[str]:
         usage_error(f"{error}; see --help.")
 
 
-def start(main: Callable[[list[str]], int | None], known_only: bool = False) -> None:
+def start(
+    main: Callable[[list[str]], int | None],
+    known_only: bool = False,
+    on_usage_error: Callable[[str], None] | None = None,
+) -> None:
     """Run ``main`` as a command: parsed by ``parse``, interrupted as ``exit_interrupted``.
 
     ``main`` gets the arguments left after the flags (``argv[0]`` first) and returns the
-    exit status (None: 0), or exits itself.
+    exit status (None: 0), or exits itself. ``on_usage_error(message)`` runs before a usage
+    error's line is printed, whether the parser or ``main`` found it.
     """
+    if on_usage_error is not None:
+        _on_usage_error.append(on_usage_error)
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, _interrupt)
     app.run(_guarded(main), flags_parser=functools.partial(parse, known_only=known_only))

@@ -20,8 +20,6 @@ WEIGHTS_HELP = (
 MAP_POOLINGS = ("avg", "max")
 TOKEN_POOLINGS = ("token", "gap")
 POOLINGS = MAP_POOLINGS + TOKEN_POOLINGS
-# The check's tasks (the metadata's "task").
-TASKS = ("image_feature_vector", "image_classification")
 # Conversion targets and LiteRT's quantizations.
 RUNTIMES = ("litert", "onnx")
 QUANTIZATIONS = ("none", "float16", "dynamic_int8")

@@ -212,6 +212,21 @@ def test_a_keras_file_of_features_takes_no_pooling_and_its_card_claims_none(tmp_
     assert module.bottleneck == "the model's own output (16 features), used as it is"
 
 
+def test_dtype_and_weights_a_keras_file_cannot_take_are_refused_before_it_loads(tmp_path):
+    path = _features_model(tmp_path / "features.keras")
+    out = tmp_path / "out"
+    cases = {
+        "compute_dtype='float32' for a keras-hub preset or a .keras file": dict(
+            compute_dtype="bfloat16"
+        ),
+        "A .keras file carries its own weights": dict(weights="other.weights.h5"),
+    }
+    for message, kwargs in cases.items():
+        with pytest.raises(exporter.ArgumentError, match=message):
+            exporter.export_feature_vector(str(path), out, preprocessing="identity", **kwargs)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["features.keras"]
+
+
 def test_a_wrong_pooling_from_the_cli_is_one_line_exit_2_and_nothing_written(tmp_path):
     out = tmp_path / "out"
     done = run_cli(

@@ -19,11 +19,11 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
 
-from exporter import choices, spec
+from exporter import spec
 from exporter.checking import files, fingerprint, input_range, numeric, savedmodel, unsafe_ops
 from exporter.checking.numeric import close, shape_free_call
 
-TASKS = choices.TASKS
+TASKS = ("image_feature_vector", "image_classification")
 
 
 class Status(str, enum.Enum):  # noqa: UP042 - enum.StrEnum needs Python 3.11

@@ -282,21 +282,27 @@ def offline_reason(error: BaseException) -> str | None:
 
 def classifier_poolings(task_class) -> tuple[str, ...]:
     """The poolings a keras-hub ``ImageClassifier`` class takes: a token model's (ViT,
-    DeiT: its default is ``"token"``) or a feature map's global ones."""
+    DeiT: its default is ``"token"``) or a feature map's global ones; none when it has no
+    ``pooling`` argument (SwinTransformer, MobileNetV5 pool as their own code does)."""
     try:
-        default = inspect.signature(task_class.__init__).parameters["pooling"].default
-    except (KeyError, TypeError, ValueError):
-        default = None
+        parameters = inspect.signature(task_class.__init__).parameters
+    except (TypeError, ValueError):
+        return ()
+    if "pooling" not in parameters:
+        return ()
+    default = parameters["pooling"].default
     return choices.TOKEN_POOLINGS if default in choices.TOKEN_POOLINGS else choices.MAP_POOLINGS
 
 
 def _check_pooling(pooling: str | None, takes: tuple[str, ...], handle: str, why: str) -> None:
     """Refuse, before anything is built, a pooling this preset's family does not do."""
-    if pooling is not None and pooling not in takes:
-        raise ArgumentError(
-            f"Expected pooling to be one of {', '.join(takes)} for keras-hub preset "
-            f'{handle!r} ({why}), or left unset. Received: pooling="{pooling}".'
-        )
+    if pooling is None or pooling in takes:
+        return
+    expected = f"one of {', '.join(takes)}" if takes else "no pooling (it takes none)"
+    raise ArgumentError(
+        f"Expected pooling to be {expected} for keras-hub preset {handle!r} ({why}), or left "
+        f'unset. Received: pooling="{pooling}".'
+    )
 
 
 def _load_encoder(keras_hub, handle: str, name: str, weights: bool) -> Preset:

@@ -41,7 +41,13 @@ _LAZY = {
 }
 
 
+# The subpackages and modules that need TensorFlow, as attributes (``exporter.making...``).
+_SUBMODULES = ("checking", "making", "spec", "use")
+
+
 def __getattr__(name: str):
+    if name in _SUBMODULES:
+        return importlib.import_module(f"exporter.{name}")
     if name not in _LAZY:
         raise AttributeError(f"module 'exporter' has no attribute {name!r}")
     module, attribute = _LAZY[name]

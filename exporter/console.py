@@ -10,8 +10,9 @@ ours, and some read as failures.
 - ``quiet_native_logs`` runs from ``exporter/__init__.py`` before anything of ours imports
   TensorFlow. In our ``python -m exporter.<cli>`` commands it sets
   ``TF_CPP_MIN_LOG_LEVEL=3`` (TensorFlow reads it once, when it loads); in Python it
-  changes no setting. ``load_tensorflow`` then loads TensorFlow inside
-  ``native_logs_filtered``, when a package of ours that needs it is first imported.
+  changes no setting. TensorFlow then loads inside ``native_logs_filtered`` whenever it is
+  first imported (``_QuietTensorFlowImport``): ``import exporter`` itself imports nothing
+  slow.
 - ``native_logs_filtered`` (``exporter.quiet_tensorflow_logs``) drops, while it is
   active, the lines on file descriptor 2 that have the C++ log format; everything else
   passes, in order. Our exports and ``save`` run inside it.
@@ -23,6 +24,8 @@ ours, and some read as failures.
 from __future__ import annotations
 
 import contextlib
+import importlib.abc
+import importlib.util
 import os
 import re
 import sys
@@ -237,38 +240,58 @@ def quiet_tensorflow_logs() -> contextlib.AbstractContextManager:
 
 
 def quiet_native_logs() -> None:
-    """In our CLIs, before TensorFlow loads: its own logging off (cheap; imports nothing).
+    """Before TensorFlow loads: its C++ start-up lines filtered whenever it is imported.
 
-    ``TF_CPP_MIN_LOG_LEVEL`` (kept if the user set it) silences TensorFlow's own logging.
-    ``import exporter`` runs this; TensorFlow itself loads later, in ``load_tensorflow``.
+    Cheap; imports nothing. In our CLIs, ``TF_CPP_MIN_LOG_LEVEL`` (kept if the user set it)
+    also silences TensorFlow's own logging. ``import exporter`` runs this, and TensorFlow
+    loads later, at its first import (ours, when a name that needs it is used, or the
+    user's): ``_QuietTensorFlowImport`` runs that import inside ``native_logs_filtered``.
     """
-    if _filtering() and running_cli() and "tensorflow" not in sys.modules:
+    if not _filtering() or "tensorflow" in sys.modules:
+        return
+    if running_cli():
         for name, value in _NATIVE_ENV.items():
             os.environ.setdefault(name, value)
+    if not any(isinstance(finder, _QuietTensorFlowImport) for finder in sys.meta_path):
+        sys.meta_path.insert(0, _QuietTensorFlowImport())
 
 
-def load_tensorflow() -> None:
-    """Import TensorFlow (once) without its C++ start-up lines.
+class _QuietTensorFlowImport(importlib.abc.MetaPathFinder):
+    """Finds ``tensorflow`` as Python would, and has it loaded inside the filter (once).
 
     The lines printed while its libraries load come from absl's C++ logging, which no
-    variable controls: they are filtered out (``native_logs_filtered``). The packages that
-    need TensorFlow (``exporter.making``, ``checking``, ``use``) call this first, so that
-    ``import exporter`` alone stays cheap. An import error still surfaces, as a Python
-    exception.
+    variable controls. An import error still surfaces, as a Python exception.
     """
-    if "tensorflow" in sys.modules:
-        return
-    if not _filtering():
-        import tensorflow  # noqa: F401
 
-        return
-    with native_logs_filtered:
-        import tensorflow as tf
+    def find_spec(self, name, path=None, target=None):
+        if name != "tensorflow":
+            return None
+        sys.meta_path.remove(self)  # Once: the real import, found the usual way.
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.loader is not None and _filtering():
+            spec.loader = _FilteredLoader(spec.loader)
+        return spec
 
-        # Listing the GPUs initializes CUDA: on a machine without one, "failed call to
-        # cuInit" is printed now, filtered, instead of at the user's first op. It hides no
-        # GPU and fixes no device setting (set_visible_devices still works after it).
-        tf.config.list_physical_devices("GPU")
+
+class _FilteredLoader(importlib.abc.Loader):
+    """A loader that runs another's ``exec_module`` inside ``native_logs_filtered``."""
+
+    def __init__(self, loader):
+        self._loader = loader
+
+    def create_module(self, spec):
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module):
+        with native_logs_filtered:
+            self._loader.exec_module(module)
+            # Listing the GPUs initializes CUDA: on a machine without one, "failed call to
+            # cuInit" is printed now, filtered, instead of at the first op. It hides no GPU
+            # and fixes no device setting (set_visible_devices still works after it).
+            module.config.list_physical_devices("GPU")
+
+    def __getattr__(self, name):  # is_package, get_resource_reader, ...: the real loader's.
+        return getattr(self._loader, name)
 
 
 def quiet_python_logs() -> None:

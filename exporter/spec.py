@@ -8,13 +8,9 @@ from __future__ import annotations
 
 import re
 
-from exporter import console
+import tensorflow as tf
 
-console.load_tensorflow()  # Without its C++ start-up lines (exporter.console).
-
-import tensorflow as tf  # noqa: E402
-
-from exporter.errors import Error  # noqa: E402
+from exporter.errors import Error
 
 CHANNELS = 3
 IMAGE_DTYPE = tf.float32

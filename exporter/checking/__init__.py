@@ -5,7 +5,3 @@ loading, and ``fingerprint``, ``files`` and ``checkpoint_index`` read an export'
 without trusting them. The checker shares the contract (``exporter.spec``) with the making
 side, but none of its code paths: nothing here imports ``exporter.making``.
 """
-
-from exporter import console as _console
-
-_console.load_tensorflow()  # Without its C++ start-up lines (exporter.console).

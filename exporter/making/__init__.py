@@ -6,10 +6,6 @@ writes, verifies and documents the SavedModel (``card``), and ``export`` runs th
 in order. This side may run the checker on what it wrote, but never imports ``exporter.use``.
 """
 
-from exporter import console as _console
-
-_console.load_tensorflow()  # Without its C++ start-up lines (exporter.console).
-
-from exporter.making import backbones as _backbones  # noqa: E402
+from exporter.making import backbones as _backbones
 
 _backbones.register_all()  # Every family's fact sheets, before any lookup.

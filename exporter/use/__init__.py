@@ -4,7 +4,3 @@ Each module here consumes a SavedModel (ours or anyone's) and never builds one; 
 side (``exporter.making``: ``build``, ``module``, ``save``) never imports this package.
 Capabilities that need more than TensorFlow and Keras import their extra only where used.
 """
-
-from exporter import console as _console
-
-_console.load_tensorflow()  # Without its C++ start-up lines (exporter.console).

@@ -49,11 +49,12 @@ STAGE_LINE = re.compile(r"[a-z][^ ]*( [^ ]+)* (\.\.\.|done in \d+\.\d s)|exporte
 
 def test_verbosity_flag_brings_tensorflow_logging_back():
     # Importing exporter sets TF_CPP_MIN_LOG_LEVEL only in our own CLIs, and not with
-    # -v / --verbosity (any value). It loads TensorFlow without its C++ start-up lines in
-    # Python too, but not with -v in a CLI or a level the user set.
+    # -v / --verbosity (any value). TensorFlow then loads without its C++ start-up lines in
+    # Python too, but not with -v in a CLI or a level the user set. (The level is read
+    # before TensorFlow loads: Keras imports jax where it is installed, which sets "1".)
     code = (
-        "import os, sys; sys.orig_argv = sys.argv[1:]; import exporter.making; "
-        "print(os.environ.get('TF_CPP_MIN_LOG_LEVEL'))"
+        "import os, sys; sys.orig_argv = sys.argv[1:]; import exporter; "
+        "print(os.environ.get('TF_CPP_MIN_LOG_LEVEL')); import exporter.making"
     )
     cases = {  # argv, the level the user set -> the level then, whether C++ lines show.
         (("python", "-m", "exporter.check", "DIR"), None): ("3", False),

@@ -185,6 +185,9 @@ def test_an_unreachable_handle_fails_in_one_line_naming_it(tmp_path):
     assert result.returncode != 0
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith(f"error: Could not read keras-hub preset '{handle}': "), last
+    # What happened, in our words: not urllib3's "HTTPSConnectionPool(host=...)" (issue 35).
+    assert "cannot download it: no network (api.kaggle.com cannot be reached)" in last, last
+    assert "HTTPSConnectionPool" not in result.stderr
     assert not out.exists()
 
 

@@ -212,6 +212,9 @@ def test_a_keras_file_of_features_takes_no_pooling_and_its_card_claims_none(tmp_
     module = exporter.build_feature_vector(str(path), preprocessing="identity", native_size=32)
     assert module.pooling == "none" and "pooled" not in module.bottleneck, module.bottleneck
     assert module.bottleneck == "the model's own output (16 features), used as it is"
+    # Your own model of features, from Python: the card claims no pooling either.
+    own = exporter.FeatureVectorModule(keras.saving.load_model(path), preprocessing="identity")
+    assert (own.pooling, own.bottleneck) == (module.pooling, module.bottleneck)
 
 
 def test_dtype_and_weights_a_keras_file_cannot_take_are_refused_before_it_loads(tmp_path):

@@ -263,10 +263,7 @@ def build_feature_vector(
         model = load_backbone(facts, weights, pooling if facts.norm_after_pooling else None)
         add_weight_decay([model], weight_decay)
         return FeatureVectorModule(
-            model,
-            pooling=pooling,
-            float32_twin=float32_twin,
-            **_facts_arguments(facts, weights, pooling),
+            model, float32_twin=float32_twin, **_facts_arguments(facts, weights, pooling)
         )
 
     return with_compute_dtype(make, compute_dtype)
@@ -302,6 +299,7 @@ def describe_weights(weights) -> str:
 def _facts_arguments(facts: registry.Backbone, weights, pooling: str = "avg") -> dict:
     return dict(
         weights=describe_weights(resolve_weights(weights)),
+        pooling=pooling,  # ConvNeXt's body pools inside: say how, not "none".
         bottleneck=facts.bottleneck(pooling),
         preprocessing=facts.preprocessing,
         min_size=facts.min_size,

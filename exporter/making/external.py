@@ -223,8 +223,8 @@ def _output_shape(model) -> tuple | None:
     return tuple(outputs[0].shape) if len(outputs) == 1 else None
 
 
-def _file_pooling(model, path, pooling: str | None) -> tuple[str, str | None]:
-    """The pooling a ``.keras`` model takes, and what its features are for the card.
+def _file_pooling(model, path, pooling: str | None) -> str | None:
+    """``pooling`` if the ``.keras`` model takes it (None: the module's default).
 
     A feature map ``[batch, h, w, c]`` is pooled globally (``avg`` or ``max``); features
     ``[batch, n]`` are used as they are, and then no pooling applies.
@@ -236,7 +236,7 @@ def _file_pooling(model, path, pooling: str | None) -> tuple[str, str | None]:
                 f"Expected no pooling for {path}: its output {_shape_text(shape)} is already a "
                 f'feature vector, used as it is. Received: pooling="{pooling}".'
             )
-        return "none", f"the model's own output ({shape[-1]} features), used as it is"
+        return None
     takes = choices.MAP_POOLINGS
     if pooling is not None and pooling not in takes:
         what = f"its output {_shape_text(shape)}" if shape is not None else "its output"
@@ -244,7 +244,7 @@ def _file_pooling(model, path, pooling: str | None) -> tuple[str, str | None]:
             f"Expected pooling to be one of {', '.join(takes)} for {path} (a global pooling of "
             f'{what}). Received: pooling="{pooling}".'
         )
-    return pooling or "avg", None
+    return pooling
 
 
 def _shape_text(shape: tuple) -> str:
@@ -253,7 +253,7 @@ def _shape_text(shape: tuple) -> str:
 
 def _file_facts(model, path, preprocessing, native_size, min_size, pooling) -> dict:
     size = static_input_size(model)
-    pooling, bottleneck = _file_pooling(model, path, pooling)
+    pooling = _file_pooling(model, path, pooling)
     missing = [
         name
         for name, value in (("preprocessing", preprocessing), ("native_size", native_size or size))
@@ -269,7 +269,6 @@ def _file_facts(model, path, preprocessing, native_size, min_size, pooling) -> d
     return dict(
         preprocessing=preprocessing,
         pooling=pooling,
-        bottleneck=bottleneck,
         native_size=native_size or size,
         min_size=min_size or (size or DEFAULT_MIN_SIZE),
         source=f"Keras file {Path(path).name} ({type(model).__name__})",

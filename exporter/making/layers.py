@@ -254,6 +254,30 @@ def check_pooling(pooling: str) -> str:
     return pooling
 
 
+def described_pooling(backbone, pooling: str | None) -> tuple[str, str]:
+    """The pooling a module documents, and what its features are in words, by default.
+
+    ``None`` is ``"avg"`` for a backbone that outputs a feature map (or does not declare its
+    output), and ``"none"`` for one that declares ``[batch, n]`` features, used as they are:
+    the card never names a pooling the graph does not do.
+    """
+    if pooling is None:
+        shape = _declared_output_shape(backbone)
+        if shape is not None and len(shape) == 2:
+            return "none", f"the model's own output ({shape[-1]} features), used as it is"
+        pooling = "avg"
+    check_pooling(pooling)
+    return pooling, f"the {pooling}-pooled last feature map"
+
+
+def _declared_output_shape(model) -> tuple | None:
+    try:
+        outputs = list(model.outputs or [])
+    except (AttributeError, ValueError):  # Subclassed models declare no output.
+        return None
+    return tuple(outputs[0].shape) if len(outputs) == 1 else None
+
+
 def pooled(features: tf.Tensor, pooling: str) -> tf.Tensor:
     """A feature map pooled globally by ``pooling``; pooled features as they are."""
     if features.shape.rank != 4:

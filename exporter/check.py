@@ -11,16 +11,17 @@ in a child process with a time limit per rule and a memory limit
 FAIL line saying which, and the rest of the report still prints.
 
 Exit status: 0 when every rule passes (warnings allowed), 1 when any rule is violated,
-2 when the SavedModel cannot be read or on a usage error. With --json, stdout is always one
-JSON object: the report, or {"path", "ok": false, "error"} when it cannot be read.
+2 when the SavedModel cannot be read or on a usage error, 130 when interrupted. With
+--json, stdout is always one JSON object: the report, or {"path", "ok": false, "error"}
+when it cannot be read or the command is misused.
 """
 
 import json
 import sys
 
-from absl import app, flags
+from absl import flags
 
-from exporter import console
+from exporter import command, console
 from exporter.checking import isolated
 from exporter.checking.report import TASKS
 
@@ -42,15 +43,22 @@ _MEMORY_LIMIT_GIB = flags.DEFINE_float(
     lower_bound=1,
 )
 
-USAGE_ERROR, NOT_CONFORMING = 2, 1
+USAGE_ERROR, NOT_CONFORMING = command.USAGE_ERROR, 1
 
 
 def _parse(argv: list[str]) -> list[str]:
-    try:
-        return flags.FLAGS(argv)
-    except flags.Error as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(USAGE_ERROR)
+    return command.parse(argv)
+
+
+def _wants_json(argv: list[str]) -> bool:
+    # Read from the arguments: a usage error may come before --json is parsed.
+    return any(arg in ("--json", "-json", "--json=true", "--json=1") for arg in argv[1:])
+
+
+def _json_usage_error(message: str) -> None:
+    if _wants_json(sys.argv):
+        path = next((arg for arg in sys.argv[1:] if not arg.startswith("-")), None)
+        print(json.dumps({"path": path, "ok": False, "error": message}, indent=2))
 
 
 def main(argv: list[str], bounded: bool = True) -> int:
@@ -61,14 +69,12 @@ def main(argv: list[str], bounded: bool = True) -> int:
         for rule, text in conformance.RULES.items():
             print(f"{rule}: {text}")
         return 0
-    if len(argv) != 2:
-        print("error: expected one SavedModel directory; see --help.", file=sys.stderr)
-        return USAGE_ERROR
+    (path,) = command.positional_arguments(argv, 1, "one SavedModel directory")
     try:
-        report = _check(argv[1], bounded)
+        report = _check(path, bounded)
     except isolated.UnreadableError as error:
         if _JSON.value:  # A script that parses stdout gets an object, whatever happened.
-            print(json.dumps({"path": argv[1], "ok": False, "error": str(error)}, indent=2))
+            print(json.dumps({"path": path, "ok": False, "error": str(error)}, indent=2))
         print(f"error: {error}", file=sys.stderr)
         return USAGE_ERROR
     print(
@@ -109,4 +115,4 @@ def run(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=_parse)
+    command.start(main, on_usage_error=_json_usage_error)

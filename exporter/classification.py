@@ -7,12 +7,15 @@ Usage:
         [--preprocessing=MODE|SCALE,OFFSET] [--native_size=N] [--min_size=N]
         [--serving_inputs=float32,uint8,image_bytes] [--serving_size=N]
         [--compute_dtype=float32|bfloat16|float16]
+
+Exit status: 0 exported, 1 the export failed, 2 a usage error, 130 interrupted.
 """
 
 from absl import flags
 
 from exporter import cli
-from exporter.making.export import export_classifier
+
+flags.adopt_module_key_flags(cli)  # --help lists the shared flags as this command's own.
 
 _NUM_CLASSES = flags.DEFINE_integer(
     "num_classes",
@@ -37,6 +40,9 @@ _LABELS = flags.DEFINE_string(
 
 def main(argv: list[str]) -> None:
     cli.no_positional_arguments(argv)
+    # After the flags are parsed and checked: the library, and with it TensorFlow.
+    from exporter.making.export import export_classifier
+
     cli.run(
         lambda: export_classifier(
             cli.BACKBONE.value,

@@ -1,20 +1,22 @@
-"""What the two export CLIs share: common flags, signal handling, one-line errors."""
+"""What the two export CLIs share: their common flags, the run of one export, its errors.
+
+Light on purpose: the flags are parsed and checked (``exporter.command``) before ``run``
+imports the library, and with it TensorFlow.
+"""
 
 from __future__ import annotations
 
 import gc
 import logging
 import os
-import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from absl import app, flags
+from absl import flags
 
-from exporter import console, progress
-from exporter.errors import ExportError
-from exporter.making import build, precision, preprocessing, registry
+from exporter import choices, command, console, progress
+from exporter.errors import ArgumentError, ExportError
 
 BACKBONE = flags.DEFINE_string(
     "backbone", None, "What to export: a registered name, e.g. resnet50 (see "
@@ -26,7 +28,7 @@ BACKBONE = flags.DEFINE_string(
 OUT = flags.DEFINE_string(
     "out", None, "SavedModel directory to write (must not exist, or be empty, unless --overwrite)."
 )
-WEIGHTS = flags.DEFINE_string("weights", "imagenet", f"Weights: {build.WEIGHTS_HELP}.")
+WEIGHTS = flags.DEFINE_string("weights", "imagenet", f"Weights: {choices.WEIGHTS_HELP}.")
 WEIGHT_DECAY = flags.DEFINE_float(
     "weight_decay", 0.0, "L2 penalty on every kernel, exposed as regularization_losses "
     "(fine-tuning adds them to the loss as they are).", lower_bound=0.0,
@@ -44,12 +46,12 @@ SERVING_SIZE = flags.DEFINE_integer(
     "Default: the backbone's native size.", lower_bound=1,
 )  # fmt: skip
 COMPUTE_DTYPE = flags.DEFINE_enum(
-    "compute_dtype", "float32", list(precision.COMPUTE_DTYPES), f"{precision.HELP}."
+    "compute_dtype", "float32", list(choices.COMPUTE_DTYPES), f"{choices.COMPUTE_DTYPE_HELP}."
 )
 PREPROCESSING = flags.DEFINE_string(
     "preprocessing", None, "For a .keras file (required) or a keras-hub preset (default: its "
     f"image converter): how [0, 1] pixels become the model's input. One of "
-    f"{', '.join(preprocessing.MODES)}, or SCALE,OFFSET applied to 0..255 pixels (each a "
+    f"{', '.join(choices.PREPROCESSING_MODES)}, or SCALE,OFFSET applied to 0..255 pixels (each a "
     "number, or R:G:B), e.g. 0.00784,-1.",
 )  # fmt: skip
 NATIVE_SIZE = flags.DEFINE_integer(
@@ -64,33 +66,23 @@ MIN_SIZE = flags.DEFINE_integer(
 # The Python arguments that library messages may name, which both export CLIs have as flags.
 _FLAG_NAMES = (
     "out", "weights", "overwrite", "compute_dtype", "preprocessing", "native_size", "min_size",
-    "num_classes",
+    "num_classes", "pooling", "serving_size", "serving_inputs", "labels", "dropout_rate",
+    "weight_decay", "backbone",
 )  # fmt: skip
 LIST_BACKBONES = flags.DEFINE_bool(
     "list_backbones", False, "Print every registered backbone with its facts, then exit."
 )
 
 
-_interrupted = []
-
-
-def _interrupt(signum, frame):
-    # SIGINT and SIGTERM unwind like Ctrl-C, so the export cleans up after itself. The
-    # interrupt can land inside a C extension's callback, which then fails with another
-    # exception type (seen: SystemError); the record says it was an interrupt all the same.
-    _interrupted.append(signum)
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def run(export: Callable[[], Path]) -> None:
-    """Run one export; print one line and exit non-zero on any user-facing failure."""
+    """Run one export; print one line and exit (command's statuses) on any failure."""
     console.quiet_python_logs()
     if LIST_BACKBONES.value:
+        from exporter.making import registry
+
         print(registry.table())
         return
-    missing = [f"--{flag.name}" for flag in (BACKBONE, OUT) if not flag.value]
-    if missing:
-        sys.exit(f"error: {' and '.join(missing)} required; see --help.")
+    command.require(BACKBONE, OUT)
     before = _identity(OUT.value)
     # The process ends with this export: the ~350,000 objects of its imports are never freed,
     # so Python's full collections need not scan them again and again while graphs are traced
@@ -105,14 +97,18 @@ def run(export: Callable[[], Path]) -> None:
         progress.logger.info("exported to %s%s", path, note)
         _stop_unwinding()
         _exit_now()
+    except ArgumentError as error:
+        command.usage_error(console.as_flags(str(error), _FLAG_NAMES))
     except ExportError as error:
-        sys.exit(f"error: {console.as_flags(str(error), _FLAG_NAMES)}")
+        command.fail(console.as_flags(str(error), _FLAG_NAMES))
     except BaseException:
-        if not _interrupted:
+        if not command.interrupted():
             raise
         if _identity(OUT.value) != before:  # It came while the export was moved into place.
-            sys.exit(f"error: interrupted after the new export was moved into {OUT.value}.")
-        sys.exit("error: interrupted; the output directory was left as it was.")
+            command.exit_interrupted(
+                f"interrupted after the new export was moved into {OUT.value}."
+            )
+        command.exit_interrupted("interrupted; the output directory was left as it was.")
 
 
 def _identity(path: str) -> tuple[int, int] | None:
@@ -128,9 +124,7 @@ def _identity(path: str) -> tuple[int, int] | None:
 def _stop_unwinding() -> None:
     # The export is in place and reported: nothing is left to undo, so a signal now just
     # ends the process, instead of unwinding through logging or TensorFlow's exit hooks.
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        if signal.getsignal(signum) is _interrupt:
-            signal.signal(signum, signal.SIG_DFL)
+    command.stop_unwinding()
 
 
 def _exit_now() -> None:
@@ -147,24 +141,25 @@ def _exit_now() -> None:
 
 
 def start(main: Callable[[list[str]], None]) -> None:
-    """Run ``main`` under absl with SIGINT and SIGTERM unwinding cleanly."""
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, _interrupt)
-    app.run(main)
+    """Run ``main`` as a command (``exporter.command.start``)."""
+    command.start(main)
 
 
 def source_options() -> dict:
     """``--preprocessing``, ``--native_size`` and ``--min_size`` as export_* arguments."""
     mode = PREPROCESSING.value
     if mode is not None:
+        from exporter.making import preprocessing
+
         try:
             mode = preprocessing.parse_mode(mode)
         except ValueError as error:
-            raise ExportError(str(error).replace("preprocessing", "--preprocessing", 1)) from None
+            raise ArgumentError(str(error).replace("preprocessing", "--preprocessing", 1)) from None
     return dict(preprocessing=mode, native_size=NATIVE_SIZE.value, min_size=MIN_SIZE.value)
 
 
 def no_positional_arguments(argv: list[str]) -> None:
-    """Refuse stray positional arguments (usually a mistyped flag)."""
-    if len(argv) > 1:
-        sys.exit(f"error: unexpected arguments {argv[1:]}; flags take the form --name=value.")
+    """Refuse stray positional arguments (usually a mistyped flag), and missing flags."""
+    command.positional_arguments(argv)
+    if not LIST_BACKBONES.value:
+        command.require(BACKBONE, OUT)

@@ -10,18 +10,22 @@ ours, and some read as failures.
 - ``quiet_native_logs`` runs from ``exporter/__init__.py`` before anything of ours imports
   TensorFlow. In our ``python -m exporter.<cli>`` commands it sets
   ``TF_CPP_MIN_LOG_LEVEL=3`` (TensorFlow reads it once, when it loads); in Python it
-  changes no setting. Both then load TensorFlow inside ``native_logs_filtered``.
+  changes no setting. TensorFlow then loads inside ``native_logs_filtered`` whenever it is
+  first imported (``_QuietTensorFlowImport``): ``import exporter`` itself imports nothing
+  slow.
 - ``native_logs_filtered`` (``exporter.quiet_tensorflow_logs``) drops, while it is
   active, the lines on file descriptor 2 that have the C++ log format; everything else
   passes, in order. Our exports and ``save`` run inside it.
 - A ``TF_CPP_MIN_LOG_LEVEL`` the user set themselves, and ``--verbosity`` / ``-v`` on a
-  command line, turn both off: TensorFlow's logging is then theirs to manage.
+  command line, turn both off: TensorFlow's logging is then theirs to manage. The "1" that
+  ``import jax`` sets by default is not the user's (``user_level``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import logging
+import importlib.abc
+import importlib.util
 import os
 import re
 import sys
@@ -29,18 +33,54 @@ import threading
 
 from absl import logging as absl_logging
 
+from exporter import progress
+
 # 3: none of TensorFlow's C++ INFO, WARNING or ERROR lines in our CLIs (errors reach the user
 # as exceptions).
 _NATIVE_ENV = {"TF_CPP_MIN_LOG_LEVEL": "3"}
 _VERBOSE_FLAGS = ("-v", "--v", "--verbosity")
+# What jax sets when it is imported, with os.environ.setdefault: not the user's choice.
+_JAX_LEVEL = "1"
+
+
+def user_level(
+    environ: dict | None = None, modules: dict | None = None, initial: dict | None = None
+) -> str | None:
+    """The ``TF_CPP_MIN_LOG_LEVEL`` the user chose, None if they chose none.
+
+    ``import jax`` sets it to "1" unless it is set (``os.environ.setdefault``). So "1" with
+    jax imported counts as the user's only if the process started with it (its initial
+    environment, ``/proc/self/environ``); where that cannot be read, it counts as jax's.
+    """
+    environ = os.environ if environ is None else environ
+    modules = sys.modules if modules is None else modules
+    level = environ.get("TF_CPP_MIN_LOG_LEVEL")
+    if level != _JAX_LEVEL or "jax" not in modules:
+        return level
+    initial = _initial_environment() if initial is None else initial
+    return initial.get("TF_CPP_MIN_LOG_LEVEL")
+
+
+def _initial_environment() -> dict:
+    """The environment this process started with (Linux), else an empty one."""
+    try:
+        with open("/proc/self/environ", "rb") as file:
+            entries = file.read().split(b"\0")
+    except OSError:
+        return {}
+    pairs = (entry.decode(errors="replace").partition("=") for entry in entries if entry)
+    return {name: value for name, _, value in pairs}
+
+
 # Read before we set anything: a level the user chose means they manage TensorFlow's logs.
-_USER_LEVEL = os.environ.get("TF_CPP_MIN_LOG_LEVEL")
+_USER_LEVEL = user_level()
 # A C++ log line (absl's format: "W1202 18:19:24.517804  3616 file.cc:412] ...", or before
 # absl is set up "I0000 00:00:1796235660.696066  4222 port.cc:153] ..."), and the
 # line absl prints before its logging is set up.
 _NATIVE_LINE = re.compile(
     rb"[IWEF]\d{4} \d\d:\d\d:\d+\.\d+ +\d+ [^\s:\]]+:\d+\] "
     rb"|WARNING: All log messages before absl::InitializeLog\(\) is called"
+    rb"|INFO: Created TensorFlow Lite XNNPACK delegate for CPU\."  # LiteRT's, at each load.
 )
 # What continues the C++ line before it: cpu_feature_guard's second line, an op error's
 # indented "[[{{node ...}}]]".
@@ -200,20 +240,58 @@ def quiet_tensorflow_logs() -> contextlib.AbstractContextManager:
 
 
 def quiet_native_logs() -> None:
-    """Load TensorFlow without its C++ start-up lines; in our CLIs, with its logging off.
+    """Before TensorFlow loads: its C++ start-up lines filtered whenever it is imported.
 
-    In a CLI, ``TF_CPP_MIN_LOG_LEVEL`` (kept if the user set it) silences TensorFlow's own
-    logging. The lines printed while its libraries load come from absl's C++ logging, which
-    no variable controls: they are filtered out (``native_logs_filtered``). An import
-    error still surfaces, as a Python exception.
+    Cheap; imports nothing. In our CLIs, ``TF_CPP_MIN_LOG_LEVEL`` (kept if the user set it)
+    also silences TensorFlow's own logging. ``import exporter`` runs this, and TensorFlow
+    loads later, at its first import (ours, when a name that needs it is used, or the
+    user's): ``_QuietTensorFlowImport`` runs that import inside ``native_logs_filtered``.
     """
     if not _filtering() or "tensorflow" in sys.modules:
         return
     if running_cli():
         for name, value in _NATIVE_ENV.items():
             os.environ.setdefault(name, value)
-    with native_logs_filtered:
-        import tensorflow  # noqa: F401
+    if not any(isinstance(finder, _QuietTensorFlowImport) for finder in sys.meta_path):
+        sys.meta_path.insert(0, _QuietTensorFlowImport())
+
+
+class _QuietTensorFlowImport(importlib.abc.MetaPathFinder):
+    """Finds ``tensorflow`` as Python would, and has it loaded inside the filter (once).
+
+    The lines printed while its libraries load come from absl's C++ logging, which no
+    variable controls. An import error still surfaces, as a Python exception.
+    """
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "tensorflow":
+            return None
+        sys.meta_path.remove(self)  # Once: the real import, found the usual way.
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.loader is not None and _filtering():
+            spec.loader = _FilteredLoader(spec.loader)
+        return spec
+
+
+class _FilteredLoader(importlib.abc.Loader):
+    """A loader that runs another's ``exec_module`` inside ``native_logs_filtered``."""
+
+    def __init__(self, loader):
+        self._loader = loader
+
+    def create_module(self, spec):
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module):
+        with native_logs_filtered:
+            self._loader.exec_module(module)
+            # Listing the GPUs initializes CUDA: on a machine without one, "failed call to
+            # cuInit" is printed now, filtered, instead of at the first op. It hides no GPU
+            # and fixes no device setting (set_visible_devices still works after it).
+            module.config.list_physical_devices("GPU")
+
+    def __getattr__(self, name):  # is_package, get_resource_reader, ...: the real loader's.
+        return getattr(self._loader, name)
 
 
 def quiet_python_logs() -> None:
@@ -224,10 +302,8 @@ def quiet_python_logs() -> None:
     ``--verbosity`` flag: so the flag itself is lowered, not a logger's level.
     ``--verbosity`` / ``-v`` keeps what the user asked for, and puts a time on our lines.
     """
-    logging.getLogger("exporter").setLevel(logging.INFO)
+    progress.enable_stage_lines()
     if verbose():
-        from exporter import progress
-
         progress.show_times()
     else:
         absl_logging.set_verbosity(absl_logging.WARNING)

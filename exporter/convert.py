@@ -11,23 +11,23 @@ FILE.json (admissible sizes, preprocessing, labels, the export's fingerprint) on
 within the mode's tolerance. The graph is scanned for ops that touch files, processes, the
 network or Python before anything is loaded; such a model is refused unless
 --allow_unsafe_ops is given. Needs: pip install 'tfhub-exporter[convert]'.
+
+Exit status: 0 converted, 1 the conversion failed, 2 a usage error, 130 interrupted.
 """
 
 import logging as std_logging
-import sys
 
-from absl import app, flags, logging
+from absl import flags
 
-from exporter import console
-from exporter.errors import Error
-from exporter.use import convert
+from exporter import choices, command, console
+from exporter.errors import ArgumentError, Error
 
-_TO = flags.DEFINE_enum("to", None, list(convert.RUNTIMES), "The target runtime.")
+_TO = flags.DEFINE_enum("to", None, list(choices.RUNTIMES), "The target runtime.")
 _OUT = flags.DEFINE_string(
     "out", None, "The file to write (.tflite or .onnx); FILE.json is written beside it."
 )
 _QUANTIZE = flags.DEFINE_enum(
-    "quantize", "none", list(convert.QUANTIZATIONS), "LiteRT only: none (float32), float16 "
+    "quantize", "none", list(choices.QUANTIZATIONS), "LiteRT only: none (float32), float16 "
     "(float16 weights, half the size) or dynamic_int8 (dynamic-range int8 weights).",
 )  # fmt: skip
 _SIZE = flags.DEFINE_string(
@@ -45,15 +45,18 @@ _ALLOW_UNSAFE_OPS = flags.DEFINE_bool(
 _FLAG_NAMES = ("out", "overwrite", "allow_unsafe_ops", "size", "quantize", "to")
 
 
-def main(argv: list[str]) -> None:
+def main(argv: list[str]) -> int:
+    (export,) = command.positional_arguments(argv, 1, "one SavedModel directory (EXPORT)")
+    command.require(_TO, _OUT)
     console.quiet_python_logs()
-    if len(argv) != 2:
-        sys.exit("error: expected one SavedModel directory (EXPORT); see --help.")
-    if not _TO.value or not _OUT.value:
-        sys.exit("error: --to and --out are required; see --help.")
+    # TensorFlow's and the converters' own INFO lines drown the stages and the figures.
+    std_logging.getLogger("tensorflow").setLevel(std_logging.WARNING)
+    # After the flags are parsed and checked: the library, and with it TensorFlow.
+    from exporter.use import convert
+
     try:
         result = convert.convert(
-            argv[1],
+            export,
             _OUT.value,
             to=_TO.value,
             quantize=_QUANTIZE.value,
@@ -61,14 +64,14 @@ def main(argv: list[str]) -> None:
             overwrite=_OVERWRITE.value,
             allow_unsafe_ops=_ALLOW_UNSAFE_OPS.value,
         )
+    except ArgumentError as error:
+        command.usage_error(console.as_flags(str(error), _FLAG_NAMES))
     except Error as error:
-        sys.exit(f"error: {console.as_flags(str(error), _FLAG_NAMES)}")
+        command.fail(console.as_flags(str(error), _FLAG_NAMES))
     print(result.summary())
     print(f"warning: {result.warning}")
-    logging.info("converted to %s", result.path)
+    return command.SUCCESS
 
 
 if __name__ == "__main__":
-    # TensorFlow's and the converters' own INFO lines drown the stages and the figures.
-    std_logging.getLogger("tensorflow").setLevel(std_logging.WARNING)
-    app.run(main)
+    command.start(main)

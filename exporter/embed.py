@@ -10,25 +10,28 @@ Writes PREFIX-SSSSS-of-NNNNN.FORMAT (one record per image) and
 PREFIX-errors-SSSSS-of-NNNNN.jsonl (the files that are not images, or were refused unread:
 not regular files, over 1 GiB, or over --max_pixels by their header; with the reason).
 Exit status: 0 when the pipeline ran (even if some files were not images), 1 when it
-failed, 2 on a bad flag, model, glob or output prefix.
+failed, 2 on a usage error (a bad flag, model, glob or output prefix), 130 interrupted.
 """
 
+import contextlib
 import logging as std_logging
-import sys
 
-from absl import app, flags, logging
+from absl import flags
+from absl import logging as absl_logging
 
-from exporter import console
+from exporter import choices, command, console, progress
 
-try:
-    from exporter.use.embed import DEFAULT_RUNNER, FORMATS, EmbedError, pipeline, run
-    from exporter.use.image_files import DEFAULT_MAX_PIXELS
-except ImportError as error:
-    if __name__ != "__main__" or "tfhub-exporter[beam]" not in str(error):
-        raise
-    sys.exit(f"error: {error}")
+_ENTRY_POINTS = ("pipeline", "run")
 
-__all__ = ["pipeline", "run"]
+
+def __getattr__(name: str):
+    # The Python entry points, from the library (TensorFlow and Beam load on first use).
+    if name in _ENTRY_POINTS:
+        from exporter.use import embed
+
+        return getattr(embed, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 _MODEL = flags.DEFINE_string("model", None, "The export: a SavedModel directory (or gs://...).")
 _IMAGES = flags.DEFINE_string(
@@ -44,16 +47,16 @@ _IMAGE_SIZE = flags.DEFINE_integer(
     "image_size", None, "Resize images to this height and width; default: the export's native "
     "size from its metadata, else 224."
 )  # fmt: skip
-_FORMAT = flags.DEFINE_enum("format", "parquet", list(FORMATS), "Output file format.")
+_FORMAT = flags.DEFINE_enum("format", "parquet", list(choices.EMBED_FORMATS), "Output file format.")
 _TOP_K = flags.DEFINE_integer(
     "top_k", None, "Classifiers: add the K best (label, score) pairs from assets/labels.txt."
 )
 _MAX_PIXELS = flags.DEFINE_integer(
-    "max_pixels", DEFAULT_MAX_PIXELS, "The most pixels (height x width) an image may have, "
+    "max_pixels", choices.DEFAULT_MAX_PIXELS, "The most pixels (height x width) an image may have, "
     "read from its header before it is decoded; larger ones are listed in the errors.",
 )  # fmt: skip
 _RUNNER = flags.DEFINE_string(
-    "runner", DEFAULT_RUNNER, "Beam runner: FnApiRunner (local, downloads nothing), "
+    "runner", choices.DEFAULT_RUNNER, "Beam runner: FnApiRunner (local, downloads nothing), "
     "DataflowRunner, FlinkRunner, ... Other Beam pipeline options are passed through."
 )  # fmt: skip
 _ALLOW_UNSAFE_OPS = flags.DEFINE_bool(
@@ -61,7 +64,6 @@ _ALLOW_UNSAFE_OPS = flags.DEFINE_bool(
     "processes, the network or Python."
 )  # fmt: skip
 
-USAGE_ERROR, FAILED = 2, 1
 # The library's messages name its arguments (`top_k=0`); here they are these flags.
 _FLAG_NAMES = tuple(
     flag.name for flag in (_MODEL, _IMAGES, _OUT, _BATCH_SIZE, _IMAGE_SIZE, _FORMAT, _TOP_K,
@@ -71,36 +73,52 @@ _FLAG_NAMES = tuple(
 
 def _parse(argv: list[str]) -> list[str]:
     # Flags we do not define are Beam pipeline options, passed through to Beam.
+    return command.parse(argv, known_only=True)
+
+
+@contextlib.contextmanager
+def _beam_quiet():
+    """Beam's warnings while it loads ("apitools not found") and parses ("Discarding
+    unparseable args"): we report an unknown flag ourselves, in one line."""
+    std_logging.disable(std_logging.WARNING)
     try:
-        return flags.FLAGS(argv, known_only=True)
-    except flags.Error as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(USAGE_ERROR)
+        yield
+    finally:
+        std_logging.disable(std_logging.NOTSET)
 
 
 def _unknown_options(args: list[str]) -> list[str]:
-    from apache_beam.options.pipeline_options import PipelineOptions
-
-    options = PipelineOptions(args)
-    known = options.get_all_options()
-    every = options.get_all_options(retain_unknown_options=True)
+    with _beam_quiet():
+        try:
+            from apache_beam.options.pipeline_options import PipelineOptions
+        except ImportError:  # The library's import names the extra to install.
+            return []
+        options = PipelineOptions(args)
+        known = options.get_all_options()
+        every = options.get_all_options(retain_unknown_options=True)
     return sorted(f"--{name}" for name in set(every) - set(known))
 
 
 def main(argv: list[str]) -> int:
     beam_args = argv[1:]
     positional = [arg for arg in beam_args if not arg.startswith("-")]
-    missing = [f"--{f.name}" for f in (_MODEL, _IMAGES, _OUT) if not f.value]
-    unknown = _unknown_options(beam_args) if not positional else []
-    problem = (
-        f"unexpected arguments {positional}; flags take the form --name=value." if positional
-        else f"{' and '.join(missing)} required; see --help." if missing
-        else f"unknown flags {unknown}: neither ours nor Beam pipeline options." if unknown
-        else None
-    )  # fmt: skip
-    if problem:
-        print(f"error: {problem}", file=sys.stderr)
-        return USAGE_ERROR
+    if positional:
+        command.usage_error(f"unexpected arguments {positional}; flags take the form --name=value.")
+    command.require(_MODEL, _IMAGES, _OUT)
+    unknown = _unknown_options(beam_args) if beam_args else []
+    if unknown:
+        command.usage_error(f"unknown flags {unknown}: neither ours nor Beam pipeline options.")
+    # TensorFlow's and Beam's INFO lines drown the progress and the summary.
+    for name in ("tensorflow", "apache_beam"):
+        std_logging.getLogger(name).setLevel(std_logging.WARNING)
+    absl_logging.set_verbosity(absl_logging.INFO)
+    progress.enable_stage_lines()  # Our progress lines and warnings, plain.
+    try:
+        from exporter.use.embed import EmbedError, run
+    except ImportError as error:
+        if "tfhub-exporter[beam]" not in str(error):
+            raise
+        command.fail(str(error))
     try:
         summary = run(
             _MODEL.value,
@@ -116,20 +134,14 @@ def main(argv: list[str]) -> int:
             max_pixels=_MAX_PIXELS.value,
         )
     except EmbedError as error:
-        print(f"error: {console.as_flags(str(error), _FLAG_NAMES)}", file=sys.stderr)
-        return USAGE_ERROR
+        command.usage_error(console.as_flags(str(error), _FLAG_NAMES))
     except Exception as error:  # The pipeline itself failed: Beam has logged the details.
-        logging.exception("pipeline failed")
+        absl_logging.exception("pipeline failed")
         first = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        print(f"error: the pipeline failed: {type(error).__name__}: {first}", file=sys.stderr)
-        return FAILED
+        command.fail(f"the pipeline failed: {type(error).__name__}: {first}")
     print(summary.line())
-    return 0
+    return command.SUCCESS
 
 
 if __name__ == "__main__":
-    # TensorFlow's and Beam's INFO lines drown the progress and the summary.
-    for name in ("tensorflow", "apache_beam"):
-        std_logging.getLogger(name).setLevel(std_logging.WARNING)
-    logging.set_verbosity(logging.INFO)
-    app.run(main, flags_parser=_parse)
+    command.start(main, known_only=True)

@@ -16,6 +16,12 @@ class ExportError(Error):
     """An export or a conversion that cannot go ahead."""
 
 
+class ArgumentError(ExportError, ValueError):
+    """An argument that cannot work (with this backbone, or with the others), refused before
+    anything slow runs and before anything is written. Our commands exit 2 on it, as on a
+    bad flag."""
+
+
 class UnsafeOpsError(Error, ValueError):
     """A SavedModel whose graph holds ops that touch files, processes, the network or Python.
 

@@ -96,8 +96,9 @@ def main(argv):
     del argv
     if not _DATA_DIR.value or not _OUT_DIR.value:
         raise app.UsageError("--data_dir and --out_dir are required.")
-    # TensorFlow's own INFO lines off (absl's default is INFO); exporter prints its own.
+    # TensorFlow's own INFO lines off (absl's default is INFO); exporter's stage lines on.
     logging.set_verbosity(logging.WARNING)
+    exporter.enable_stage_lines()
     try:
         paths = _finetune_and_export()
     except exporter.Error as error:  # Weights out of reach, a bad flag, an existing output...

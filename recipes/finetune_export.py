@@ -245,8 +245,9 @@ def reexport(model: keras.Model, class_names: list[str], out: Path, *, overwrite
 
 def main(argv):
     del argv
-    # TensorFlow's own INFO lines off (absl's default is INFO); exporter prints its own.
+    # TensorFlow's own INFO lines off (absl's default is INFO); exporter's stage lines on.
     logging.set_verbosity(logging.WARNING)
+    exporter.enable_stage_lines()
     try:
         path = finetune_export(
             _EXPORT.value, _DATA_DIR.value, _OUT_DIR.value, fine_tune=_FINE_TUNE.value,

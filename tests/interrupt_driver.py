@@ -5,35 +5,30 @@
 
 WHEN is ``move`` (just after the swap into place), ``fallback`` (as ``move``, on a system
 without renameat2's RENAME_EXCHANGE: between making the folder for the old copy and the
-two renames) or ``done`` (after the CLI reported the export).
+two renames), ``done`` (after the CLI reported the export) or ``written`` (a SIGINT, as
+Ctrl-C sends it, once the new export is written beside --out, before it is verified).
 """
 
 from __future__ import annotations
 
 import os
 import signal
-import sys
 import tempfile
 
 import keras
 
 import exporter
 from exporter import cli
-
-_save = sys.modules["exporter.making.save"]
-
-
-def _terminate_self() -> None:
-    os.kill(os.getpid(), signal.SIGTERM)
+from exporter.making import save as _save
 
 
-def _after(function, condition=lambda *args, **kwargs: True):
-    """``function``, sending a SIGTERM once it returned (if ``condition`` of its arguments)."""
+def _after(function, condition=lambda *args, **kwargs: True, signum=signal.SIGTERM):
+    """``function``, sending ``signum`` once it returned (if ``condition`` of its arguments)."""
 
     def wrapped(*args, **kwargs):
         result = function(*args, **kwargs)
         if condition(*args, **kwargs):
-            _terminate_self()
+            os.kill(os.getpid(), signum)
         return result
 
     return wrapped
@@ -45,6 +40,8 @@ def main(argv: list[str]) -> None:
         _save._exchange = _after(_save._exchange)
     elif when == "done":  # Reported; the process is about to end (cli._exit_now).
         cli._exit_now = _after(lambda: None)
+    elif when == "written":
+        _save._write = _after(_save._write, signum=signal.SIGINT)
     elif when == "fallback":
         _save._exchange = lambda a, b: False  # What it says where RENAME_EXCHANGE is missing.
         old_copy = lambda *args, prefix="", **kwargs: _save._OLD_TAG in prefix  # noqa: E731

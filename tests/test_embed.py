@@ -545,7 +545,7 @@ def test_core_never_imports_beam_and_the_cli_names_the_extra_without_it():
         "import exporter, exporter.making.build, exporter.checking.conformance, exporter.use\n"
         "assert 'apache_beam' not in sys.modules, 'the core imported Beam'\n"
         "sys.modules['apache_beam'] = None  # As if it were not installed.\n"
-        "sys.argv = ['exporter.embed', '--help']\n"
+        "sys.argv = ['exporter.embed', '--model=m', '--images=i', '--out=o', '--batch_size=2']\n"
         "runpy.run_module('exporter.embed', run_name='__main__')\n"
     )
     done = subprocess.run(
@@ -557,3 +557,21 @@ def test_core_never_imports_beam_and_the_cli_names_the_extra_without_it():
     assert done.stderr.strip().splitlines()[-1] == (
         "error: Batch embedding needs Apache Beam: pip install 'tfhub-exporter[beam]'"
     )
+
+
+def test_double_star_matches_zero_or_more_folders_as_a_shell_does(tmp_path):
+    """``photos/**/*.jpg`` takes the JPEGs directly in ``photos/`` too (issue 35)."""
+    import glob
+
+    from apache_beam.io.filesystems import FileSystems
+
+    for name in ("a.jpg", "x/b.jpg", "x/y/c.jpg", "x/d.png"):
+        (tmp_path / "photos" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "photos" / name).write_bytes(b"")
+    for pattern in ("photos/**/*.jpg", "photos/**/y/*.jpg", "photos/**/**/*.jpg"):
+        full = str(tmp_path / pattern)
+        found = [m.path for r in FileSystems.match(embed.image_patterns(full)) for m in
+                 r.metadata_list]  # fmt: skip
+        assert sorted(set(found)) == sorted(set(glob.glob(full, recursive=True))), pattern
+    assert str(tmp_path / "photos" / "a.jpg") in found
+    assert embed.image_patterns("/p/**/*.jpg") == ["/p/**/*.jpg", "/p/*.jpg"]

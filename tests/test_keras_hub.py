@@ -185,6 +185,9 @@ def test_an_unreachable_handle_fails_in_one_line_naming_it(tmp_path):
     assert result.returncode != 0
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith(f"error: Could not read keras-hub preset '{handle}': "), last
+    # What happened, in our words: not urllib3's "HTTPSConnectionPool(host=...)" (issue 35).
+    assert "cannot download it: no network (api.kaggle.com cannot be reached)" in last, last
+    assert "HTTPSConnectionPool" not in result.stderr
     assert not out.exists()
 
 
@@ -366,8 +369,32 @@ def test_a_token_model_exports_gap_pooling_when_asked(tmp_path):
     tokens = task.backbone(inputs)
     _close(module(images), keras.ops.mean(tokens, axis=1), "ViT gap")
     assert module.pooling == "gap" and "mean of the backbone's output" in module.bottleneck
-    with pytest.raises(ExportError, match=r"Unknown pooling 'flat' for a keras-hub preset"):
+    with pytest.raises(ExportError, match=r"one of avg, max, token, gap for a keras-hub preset"):
         exporter.build_feature_vector(str(tmp_path / "vit"), pooling="flat")
+    # A pooling its family's classifier does not do is refused before anything is built.
+    with pytest.raises(
+        exporter.ArgumentError, match=r"one of token, gap for keras-hub preset"
+    ) as raised:
+        exporter.build_feature_vector(str(tmp_path / "vit"), pooling="max")
+    assert '(as its ViTImageClassifier pools), or left unset. Received: pooling="max".' in str(
+        raised.value
+    )
+
+
+def test_each_family_takes_the_poolings_of_its_classifier():
+    """Its documented default among them. A classifier without a pooling argument swallows
+    the keyword and pools its own way, so a --pooling for it is refused before the build."""
+    own_way = []
+    for family, facts in FAMILIES.items():
+        task_class = getattr(keras_hub.models, f"{family}ImageClassifier")
+        takes = presets.classifier_poolings(task_class)
+        if not takes:
+            own_way.append(family)
+            continue
+        assert facts["pooling"] in takes, (family, facts["pooling"], takes)
+        tokens = facts["pooling"] in ("token", "gap")
+        assert takes == (("token", "gap") if tokens else ("avg", "max")), (family, takes)
+    assert own_way == ["MobileNet", "MobileNetV5", "SwinTransformer"], own_way
 
 
 def test_a_keras_hub_preset_name_is_taken_as_a_handle_and_fails_offline_naming_it():

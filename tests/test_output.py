@@ -5,6 +5,7 @@ The CLIs' own output is checked in ``test_cli``, the recipes' in ``test_recipes`
 
 import sys
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -18,6 +19,7 @@ def python_export(tmp_path_factory):
     out = tmp_path_factory.mktemp("python-export") / "mobilenet_v2"
     code = (
         "import sys, exporter\n"
+        "exporter.enable_stage_lines()  # The documented opt-in (a library logs quietly).\n"
         "exporter.export_feature_vector('mobilenet_v2', sys.argv[1], weights='none')\n"
     )
     return out, run_as_new_user([sys.executable, "-c", code, str(out)])
@@ -53,3 +55,37 @@ def test_exporter_embed_prints_only_its_summary(python_export, tmp_path):
     assert done.stderr == "", done.stderr
     assert done.stdout.startswith("embedded 3 images, 0 failed"), done.stdout
     assert not foreign_lines(done.stdout)
+
+
+def test_a_loaded_export_refuses_bad_input_without_grappler_notes(tmp_path):
+    """Input checks that TensorFlow's loop optimizer has nothing to say about (issue 35):
+    an assert whose message carries a float (an hparam's value) made TensorFlow guard it with
+    a cond, whose Merge node grappler reports on every load ("Skipping loop optimization for
+    Merge node ... AssertGuard"). A fresh process loads an export with hparams and calls it
+    with good images, a bad hparam and bad images: stderr holds none of that."""
+    import exporter
+
+    model = keras.Sequential(
+        [keras.Input((None, None, 3)), keras.layers.Conv2D(4, 3),
+         keras.layers.BatchNormalization(), keras.layers.GlobalAveragePooling2D()]
+    )  # fmt: skip
+    module = exporter.ClassifierModule(model, preprocessing="identity", num_classes=2, min_size=8)
+    out = exporter.save(module, tmp_path / "model")
+    code = (
+        "import sys, tensorflow as tf\n"
+        "obj = tf.saved_model.load(sys.argv[1])\n"
+        "print(obj(tf.zeros([2, 16, 16, 3])).shape)\n"
+        "for size, kwargs in ((16, {'dropout_rate': 1.5}), (4, {})):\n"
+        "    try:\n"
+        "        obj(tf.zeros([1, size, size, 3]), **kwargs)\n"
+        "    except tf.errors.InvalidArgumentError as error:\n"
+        "        print([line for line in str(error).splitlines() if 'assertion' in line][0])\n"
+    )
+    # TensorFlow's own C++ warnings shown (level 1), as a consumer without exporter sees them.
+    done = run_as_new_user([sys.executable, "-c", code, str(out)], {"TF_CPP_MIN_LOG_LEVEL": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    printed = done.stdout.splitlines()
+    assert printed[0] == "(2, 2)"
+    assert "Expected dropout_rate in [0, 1). Received:] [1.5]" in printed[1], printed
+    assert "Expected images with height and width of at least 8 pixels" in printed[2], printed
+    assert "loop_optimizer" not in done.stderr and "AssertGuard" not in done.stderr, done.stderr

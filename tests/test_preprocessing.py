@@ -33,6 +33,8 @@ def test_identity_passes_through():
 def test_every_mode_is_covered():
     assert set(preprocessing.MODES) == set(REFERENCES) | {"identity"}
     assert set(preprocessing.DESCRIPTIONS) == set(preprocessing.MODES)
+    # The command line offers the modes that preprocessing defines (exporter.choices).
+    assert tuple(sorted(preprocessing._MODES)) == preprocessing.MODES
 
 
 def test_unknown_mode_lists_known_ones():

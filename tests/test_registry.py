@@ -97,7 +97,7 @@ def test_families_that_normalize_after_pooling_are_built_pooled():
     module = exporter.build_feature_vector("convnext_tiny", weights=None, pooling="max")
     assert module.pooling == "max"
     assert module.bottleneck == "LayerNorm of the pooled last stage (max pooling)"
-    with pytest.raises(exporter.ExportError, match="Unknown pooling 'mean'"):
+    with pytest.raises(exporter.ArgumentError, match="one of avg, max for resnet50"):
         exporter.load_backbone("resnet50", weights="none", pooling="mean")
     # A new head sits on the same bottleneck: the pooled map's LayerNorm.
     classifier = exporter.build_classifier("convnext_tiny", weights=None, num_classes=3)

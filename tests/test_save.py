@@ -63,9 +63,29 @@ def test_signal_while_moving_into_place_or_after(tmp_path, when):
     last = done.stderr.strip().splitlines()[-1]
     if when == "done":
         assert done.returncode == -signal.SIGTERM and last.endswith(f"exported to {out}"), last
-    else:
-        assert done.returncode == 1, done.stderr
+    else:  # 128 + the signal: the exit status of an interrupted command (docs/command-line.md).
+        assert done.returncode == 128 + signal.SIGTERM, done.stderr
         assert last == f"error: interrupted after the new export was moved into {out}.", last
+
+
+def test_ctrl_c_before_the_move_exits_130_and_keeps_the_old_export(tmp_path):
+    out = tmp_path / "model"
+    exporter.save(exporter.FeatureVectorModule(_sequential(), preprocessing="torch"), out)
+    before = {path: path.stat().st_mtime_ns for path in out.rglob("*")}
+    inode = out.stat().st_ino
+    done = subprocess.run(
+        [sys.executable, str(REPO / "tests" / "interrupt_driver.py"), "--backbone=small",
+         f"--out={out}", "written"],
+        env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True,
+        timeout=300, cwd=REPO,
+    )  # fmt: skip
+    assert done.returncode == 130, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr, done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last == "error: interrupted; the output directory was left as it was.", last
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # Its sibling is gone.
+    assert out.stat().st_ino == inode
+    assert {path: path.stat().st_mtime_ns for path in out.rglob("*")} == before
 
 
 def test_killed_first_export_leaves_no_output(tmp_path):

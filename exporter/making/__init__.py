@@ -5,3 +5,7 @@ wrap a backbone in the image API (``preprocessing``, ``precision``, ``serving``)
 writes, verifies and documents the SavedModel (``card``), and ``export`` runs those steps
 in order. This side may run the checker on what it wrote, but never imports ``exporter.use``.
 """
+
+from exporter.making import backbones as _backbones
+
+_backbones.register_all()  # Every family's fact sheets, before any lookup.

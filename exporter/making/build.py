@@ -4,6 +4,7 @@ presets and ``.keras`` files through ``external``)."""
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from collections.abc import Callable
 from importlib import resources
@@ -11,19 +12,17 @@ from pathlib import Path
 
 import keras
 
-from exporter.errors import ExportError, first_line
+from exporter import choices
+from exporter.errors import ArgumentError, ExportError, first_line
 from exporter.making import external, precision, registry
 from exporter.making.head import DEFAULT_DROPOUT, HeadDropout, new_head
-from exporter.making.layers import POOLINGS, add_weight_decay
+from exporter.making.layers import add_weight_decay
 from exporter.making.module import ClassifierModule, FeatureVectorModule, ImageModule
 from exporter.making.preprocessing import Mode
 from exporter.progress import stage
 
 WEIGHT_SUFFIXES = (".weights.h5", ".keras")
-WEIGHTS_HELP = (
-    "'imagenet' (Keras' own download and cache), 'none' (random initialization), or a path "
-    "to a .weights.h5 or .keras file saved from the same architecture"
-)
+WEIGHTS_HELP = choices.WEIGHTS_HELP
 
 
 def resolve_weights(weights: str | os.PathLike | None) -> str | Path | None:
@@ -38,9 +37,9 @@ def resolve_weights(weights: str | os.PathLike | None) -> str | Path | None:
         return "imagenet"
     path = Path(weights).expanduser()
     if not path.name.endswith(WEIGHT_SUFFIXES):
-        raise ExportError(f"Expected weights to be {WEIGHTS_HELP}. Received: {str(weights)!r}.")
+        raise ArgumentError(f"Expected weights to be {WEIGHTS_HELP}. Received: {str(weights)!r}.")
     if not path.is_file():
-        raise ExportError(f"Weights file not found: {path}. Expected {WEIGHTS_HELP}.")
+        raise ArgumentError(f"Weights file not found: {path}. Expected {WEIGHTS_HELP}.")
     return path
 
 
@@ -74,8 +73,42 @@ def load_weights_file(model: keras.Model, path: Path, architecture: str, hint: s
             model.load_weights(path)
     except Exception as error:
         raise ExportError(
-            f"Weights file {path} does not fit {architecture}: {first_line(error)}{hint}"
+            f"Weights file {path} does not fit {architecture}: {weights_mismatch(error)}{hint}"
         ) from error
+
+
+# Keras 3.15's words for a weights file of another architecture (saving_lib, the variables).
+_COUNTS = re.compile(
+    r"Layer '([^']+)' expected (\d+) variables, but received (\d+) variables during loading\."
+    r"(?: Expected: \[([^\]]*)\])?"
+)
+_SHAPES = re.compile(r"variable\.shape=(\([^)]*\)), Received: value\.shape=(\([^)]*\))")
+_TARGET = re.compile(r"Target variable: <Variable path=([^,>\s]+)")
+_TOTAL = re.compile(r"A total of (\d+) objects could not be loaded")
+
+
+def weights_mismatch(error: BaseException) -> str:
+    """What did not fit, in one sentence: the layer or variable, what it expects and what the
+    file has (Keras' own message is pages long and its first line stops at a colon)."""
+    text = str(error)
+    total = _TOTAL.search(text)
+    more = f" ({total.group(1)} layers in all do not fit)" if total else ""
+    counts = _COUNTS.search(text)
+    if counts:
+        name, expected, received, names = counts.groups()
+        which = f" ({names.replace(chr(39), '')})" if names else ""
+        return (
+            f"its layer {name} expects {expected} weights{which}, the file has {received} for "
+            f"it{more}."
+        )
+    shapes, target = _SHAPES.search(text), _TARGET.search(text)
+    if shapes:
+        where = f"{target.group(1)} expects" if target else "a weight expects"
+        return f"{where} shape {shapes.group(1)}, the file has {shapes.group(2)}{more}."
+    line = first_line(error).rstrip()
+    if line.endswith(":"):  # A sentence that goes on in lines we do not print.
+        line = line[: line.rfind(". ") + 1] if ". " in line else line.rstrip(":") + "."
+    return line
 
 
 def load_backbone(
@@ -95,8 +128,8 @@ def load_backbone(
         >>> model = load_backbone("mobilenet_v2", weights="none")  # For training in Keras.
     """
     backbone = registry.resolve(backbone)
-    if pooling is not None and pooling not in POOLINGS:
-        raise ExportError(f"Unknown pooling {pooling!r}; known: {', '.join(POOLINGS)}.")
+    if pooling is not None:
+        backbone.check_pooling(pooling)
     if backbone.norm_after_pooling:
         pooling = pooling or "avg"
     size = backbone.native_size if backbone.fixed_size else None
@@ -221,8 +254,8 @@ def build_feature_vector(
     )  # fmt: skip
     if elsewhere is not None:
         return elsewhere
-    pooling = pooling or "avg"
     facts = registry.resolve(backbone)
+    pooling = facts.check_pooling(pooling)
 
     def make(float32_twin=None):
         # Families that normalize after pooling pool inside Keras; the rest are pooled by
@@ -230,10 +263,7 @@ def build_feature_vector(
         model = load_backbone(facts, weights, pooling if facts.norm_after_pooling else None)
         add_weight_decay([model], weight_decay)
         return FeatureVectorModule(
-            model,
-            pooling=pooling,
-            float32_twin=float32_twin,
-            **_facts_arguments(facts, weights, pooling),
+            model, float32_twin=float32_twin, **_facts_arguments(facts, weights, pooling)
         )
 
     return with_compute_dtype(make, compute_dtype)
@@ -269,6 +299,7 @@ def describe_weights(weights) -> str:
 def _facts_arguments(facts: registry.Backbone, weights, pooling: str = "avg") -> dict:
     return dict(
         weights=describe_weights(resolve_weights(weights)),
+        pooling=pooling,  # ConvNeXt's body pools inside: say how, not "none".
         bottleneck=facts.bottleneck(pooling),
         preprocessing=facts.preprocessing,
         min_size=facts.min_size,

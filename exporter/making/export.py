@@ -7,7 +7,7 @@ from pathlib import Path
 
 from exporter.checking import files
 from exporter.console import native_logs_filtered
-from exporter.errors import ExportError
+from exporter.errors import ArgumentError, ExportError
 from exporter.making import external, precision, registry, serving
 from exporter.making.build import build_classifier, build_feature_vector
 from exporter.making.preprocessing import Mode
@@ -69,7 +69,9 @@ def export_feature_vector(
     """
     check_destination(out, overwrite)
     backbone = _resolved(backbone)  # Resolved once; a fact sheet is passed on.
-    _check_serving(serving_inputs, compute_dtype)
+    if isinstance(backbone, registry.Backbone):
+        backbone.check_pooling(pooling)
+    _check_serving(backbone, serving_inputs, serving_size, compute_dtype)
     # Only the list holds the module: the export frees it before the reload.
     owned = [build_feature_vector(
         backbone, weights=weights, pooling=pooling, weight_decay=weight_decay,
@@ -81,6 +83,24 @@ def export_feature_vector(
     )
 
 
+def _checked_labels(backbone, num_classes, labels) -> list[str] | None:
+    """``labels`` as a list, once ``num_classes`` and their count are known to fit."""
+    if num_classes is not None and (not isinstance(num_classes, int) or num_classes < 1):
+        raise ArgumentError(
+            f"Expected num_classes to be a positive int. Received: {num_classes!r}."
+        )
+    if labels is not None and not isinstance(labels, list):
+        labels = read_labels(labels)
+    if isinstance(backbone, registry.Backbone):
+        expected = num_classes or backbone.num_classes
+        if labels is not None and len(labels) != expected:
+            raise ArgumentError(
+                f"Expected one label per class ({expected} for {backbone.name}). "
+                f"Received {len(labels)} labels."
+            )
+    return labels
+
+
 def _resolved(backbone):
     """A registered name's fact sheet; a preset or ``.keras`` file as given."""
     if external.kind(backbone) == external.REGISTERED:
@@ -88,9 +108,13 @@ def _resolved(backbone):
     return os.fspath(backbone)
 
 
-def _check_serving(serving_inputs, compute_dtype: str) -> None:
-    """Refuse bad serving inputs or compute dtype before anything slow is built."""
-    serving.parse_inputs(serving_inputs)
+def _check_serving(backbone, serving_inputs, serving_size, compute_dtype: str) -> None:
+    """Refuse bad serving inputs, size or compute dtype before anything slow is built."""
+    kinds = serving.parse_inputs(serving_inputs)
+    serving.check_size_applies(kinds, serving_size)
+    if serving_size is not None and isinstance(backbone, registry.Backbone):
+        fixed = backbone.native_size if backbone.fixed_size else None
+        serving.check_size_range(serving_size, backbone.min_size, fixed, backbone.name)
     precision.check(compute_dtype)
 
 
@@ -132,20 +156,10 @@ def export_classifier(
     """
     check_destination(out, overwrite)
     backbone = _resolved(backbone)
-    if num_classes is not None and (not isinstance(num_classes, int) or num_classes < 1):
-        raise ExportError(f"Expected num_classes to be a positive int. Received: {num_classes!r}.")
-    if labels is not None and not isinstance(labels, list):
-        labels = read_labels(labels)
-    if isinstance(backbone, registry.Backbone):
-        expected = num_classes or backbone.num_classes
-        if labels is not None and len(labels) != expected:
-            raise ExportError(
-                f"Expected one label per class ({expected} for {backbone.name}). "
-                f"Received {len(labels)} labels."
-            )
+    labels = _checked_labels(backbone, num_classes, labels)
     if dropout_rate is not None and not 0.0 <= dropout_rate < 1.0:
-        raise ExportError(f"Expected dropout_rate in [0, 1). Received: {dropout_rate!r}.")
-    _check_serving(serving_inputs, compute_dtype)
+        raise ArgumentError(f"Expected dropout_rate in [0, 1). Received: {dropout_rate!r}.")
+    _check_serving(backbone, serving_inputs, serving_size, compute_dtype)
     # Only the list holds the module: the export frees it before the reload.
     owned = [build_classifier(
         backbone, weights=weights, num_classes=num_classes, labels=labels,

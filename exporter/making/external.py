@@ -11,7 +11,8 @@ from pathlib import Path
 
 import keras
 
-from exporter.errors import ExportError, first_line
+from exporter import choices
+from exporter.errors import ArgumentError, ExportError, first_line
 from exporter.making import presets, registry
 from exporter.making.head import DEFAULT_DROPOUT, new_head
 from exporter.making.layers import add_weight_decay, static_input_size
@@ -22,7 +23,7 @@ from exporter.progress import stage
 REGISTERED, PRESET, KERAS_FILE = "registered", "preset", "keras_file"
 KERAS_SUFFIX = ".keras"
 DEFAULT_MIN_SIZE = 32
-PRESET_POOLINGS = ("avg", "max", "token", "gap")
+PRESET_POOLINGS = choices.POOLINGS
 
 
 def kind(backbone) -> str:
@@ -75,25 +76,25 @@ def check_options(kind_: str, *, preprocessing, native_size, min_size, compute_d
             if value is not None
         ]
         if given:
-            raise ExportError(
+            raise ArgumentError(
                 f"A registered backbone knows its own {' and '.join(given)}: give "
                 f"{' and '.join(f'{name}=...' for name in given)} only for a keras-hub preset "
                 "or a .keras file."
             )
         return
     if compute_dtype != "float32":
-        raise ExportError(
+        raise ArgumentError(
             f"Expected compute_dtype='float32' for a keras-hub preset or a .keras file (lower "
             f"precisions are built for registered backbones only). Received: {compute_dtype!r}."
         )
     for name, value in (("native_size", native_size), ("min_size", min_size)):
         if value is not None and (not isinstance(value, int) or value < 1):
-            raise ExportError(f"Expected {name} to be a positive int. Received: {value!r}.")
+            raise ArgumentError(f"Expected {name} to be a positive int. Received: {value!r}.")
     if preprocessing is not None:
         try:
             check_mode(preprocessing)
         except ValueError as error:
-            raise ExportError(str(error)) from None
+            raise ArgumentError(str(error)) from None
 
 
 def _preset_weights(handle: str, weights) -> bool:
@@ -102,7 +103,7 @@ def _preset_weights(handle: str, weights) -> bool:
         return False
     if str(weights).lower() in ("imagenet", "preset"):
         return True
-    raise ExportError(
+    raise ArgumentError(
         f'A keras-hub preset carries its own weights: expected weights="preset" (the default '
         f'"imagenet" means the same) or weights="none" for random ones. Received: {weights!r} '
         f"for {handle}."
@@ -111,9 +112,9 @@ def _preset_weights(handle: str, weights) -> bool:
 
 def _load_preset(handle, weights, pooling: str | None) -> tuple[presets.Preset, str]:
     if pooling is not None and pooling not in PRESET_POOLINGS:
-        raise ExportError(
-            f"Unknown pooling {pooling!r} for a keras-hub preset; known: "
-            f"{', '.join(PRESET_POOLINGS)} (as the family's classifier takes them)."
+        raise ArgumentError(
+            f"Expected pooling to be one of {', '.join(PRESET_POOLINGS)} for a keras-hub "
+            f'preset (as its family\'s classifier takes them). Received: pooling="{pooling}".'
         )
     load = _preset_weights(str(handle), weights)
     preset = presets.load(str(handle), weights=load, pooling=pooling)
@@ -213,8 +214,46 @@ def load_keras_file(path) -> keras.Model:
     return model
 
 
+def _output_shape(model) -> tuple | None:
+    """The one output's shape a model declares, None if it declares none (subclassed)."""
+    try:
+        outputs = list(model.outputs or [])
+    except (AttributeError, ValueError):
+        return None
+    return tuple(outputs[0].shape) if len(outputs) == 1 else None
+
+
+def _file_pooling(model, path, pooling: str | None) -> str | None:
+    """``pooling`` if the ``.keras`` model takes it (None: the module's default).
+
+    A feature map ``[batch, h, w, c]`` is pooled globally (``avg`` or ``max``); features
+    ``[batch, n]`` are used as they are, and then no pooling applies.
+    """
+    shape = _output_shape(model)
+    if shape is not None and len(shape) == 2:
+        if pooling is not None:
+            raise ArgumentError(
+                f"Expected no pooling for {path}: its output {_shape_text(shape)} is already a "
+                f'feature vector, used as it is. Received: pooling="{pooling}".'
+            )
+        return None
+    takes = choices.MAP_POOLINGS
+    if pooling is not None and pooling not in takes:
+        what = f"its output {_shape_text(shape)}" if shape is not None else "its output"
+        raise ArgumentError(
+            f"Expected pooling to be one of {', '.join(takes)} for {path} (a global pooling of "
+            f'{what}). Received: pooling="{pooling}".'
+        )
+    return pooling
+
+
+def _shape_text(shape: tuple) -> str:
+    return "[" + ", ".join("batch" if i == 0 else str(d) for i, d in enumerate(shape)) + "]"
+
+
 def _file_facts(model, path, preprocessing, native_size, min_size, pooling) -> dict:
     size = static_input_size(model)
+    pooling = _file_pooling(model, path, pooling)
     missing = [
         name
         for name, value in (("preprocessing", preprocessing), ("native_size", native_size or size))
@@ -229,7 +268,7 @@ def _file_facts(model, path, preprocessing, native_size, min_size, pooling) -> d
         )
     return dict(
         preprocessing=preprocessing,
-        pooling=pooling or "avg",
+        pooling=pooling,
         native_size=native_size or size,
         min_size=min_size or (size or DEFAULT_MIN_SIZE),
         source=f"Keras file {Path(path).name} ({type(model).__name__})",
@@ -240,7 +279,7 @@ def _file_facts(model, path, preprocessing, native_size, min_size, pooling) -> d
 
 def _file_weights(path, weights) -> None:
     if weights is not None and str(weights).lower() not in ("imagenet", "file"):
-        raise ExportError(
+        raise ArgumentError(
             f"A .keras file carries its own weights: leave weights= at its default. "
             f"Received: {weights!r} for {path}."
         )

@@ -45,8 +45,11 @@ def _checked_value(value, name: str, upper_inclusive: bool) -> tf.Tensor:
     value = tf.convert_to_tensor(value, tf.float32)
     upper = value <= 1.0 if upper_inclusive else value < 1.0
     interval = "[0, 1]" if upper_inclusive else "[0, 1)"
+    # The value goes into the message as text: an Assert whose data holds a float tensor is
+    # guarded by a cond, whose Merge node grappler's loop optimizer reports at every load.
+    received = tf.strings.format("{}", value)
     check = tf.debugging.Assert(
-        tf.logical_and(value >= 0.0, upper), [f"Expected {name} in {interval}. Received:", value]
+        tf.logical_and(value >= 0.0, upper), [f"Expected {name} in {interval}. Received:", received]
     )
     with tf.control_dependencies([check]):
         return tf.identity(value)

@@ -242,7 +242,8 @@ def add_weight_decay(layers, weight_decay: float) -> None:
 
 POOLINGS = ("avg", "max")  # Of a feature map, by the module.
 # Of a backbone that pools inside (a keras-hub classifier's body): documented, not applied.
-POOLED_INSIDE = ("token", "gap", "flatten", "map")
+# "none": features [batch, n] used as they are (a .keras model that outputs them).
+POOLED_INSIDE = ("token", "gap", "flatten", "map", "none")
 
 
 def check_pooling(pooling: str) -> str:
@@ -251,6 +252,30 @@ def check_pooling(pooling: str) -> str:
         known = ", ".join(POOLINGS + POOLED_INSIDE)
         raise ValueError(f"Unknown pooling {pooling!r}; known: {known}.")
     return pooling
+
+
+def described_pooling(backbone, pooling: str | None) -> tuple[str, str]:
+    """The pooling a module documents, and what its features are in words, by default.
+
+    ``None`` is ``"avg"`` for a backbone that outputs a feature map (or does not declare its
+    output), and ``"none"`` for one that declares ``[batch, n]`` features, used as they are:
+    the card never names a pooling the graph does not do.
+    """
+    if pooling is None:
+        shape = _declared_output_shape(backbone)
+        if shape is not None and len(shape) == 2:
+            return "none", f"the model's own output ({shape[-1]} features), used as it is"
+        pooling = "avg"
+    check_pooling(pooling)
+    return pooling, f"the {pooling}-pooled last feature map"
+
+
+def _declared_output_shape(model) -> tuple | None:
+    try:
+        outputs = list(model.outputs or [])
+    except (AttributeError, ValueError):  # Subclassed models declare no output.
+        return None
+    return tuple(outputs[0].shape) if len(outputs) == 1 else None
 
 
 def pooled(features: tf.Tensor, pooling: str) -> tf.Tensor:

@@ -28,7 +28,7 @@ from exporter.making.layers import (
     admissible_sizes,
     batch_norms,
     check_backbone,
-    check_pooling,
+    described_pooling,
     feature_width,
     nested_exports,
     overridden,
@@ -67,8 +67,9 @@ class ImageModule(tf.Module):
     ``[batch, features]`` already pooled inside (and perhaps normalized after, as ConvNeXt
     does), and then ``pooling`` and ``bottleneck`` only document what it does. ``bottleneck``
     says what the features are, for the model card; default: "the <pooling>-pooled last
-    feature map". ``weights`` says where the weights came from, for the card ("imagenet",
-    "random", "file NAME"; None when not known, as for your own model).
+    feature map" (``pooling=None`` on ``[batch, n]`` features: "the model's own output").
+    ``weights`` says where the weights came from, for the card ("imagenet", "random", "file
+    NAME"; None when not known, as for your own model).
     """
 
     # tf.Module defines these as computed properties; the reusable SavedModel API needs them
@@ -83,7 +84,7 @@ class ImageModule(tf.Module):
         task: str,
         output_name: str,
         preprocessing: Mode,
-        pooling: str = "avg",
+        pooling: str | None = None,
         head: keras.Layer | None = None,
         min_size: int = 32,
         fixed_size: int | None = None,
@@ -96,7 +97,7 @@ class ImageModule(tf.Module):
     ):
         super().__init__(name=name)
         check_backbone(backbone)
-        check_pooling(pooling)
+        pooling, features = described_pooling(backbone, pooling)
         layers = [backbone] + ([head] if head is not None else [])
         nested = nested_exports(layers)
         min_size, fixed_size, native_size = admissible_sizes(
@@ -107,7 +108,7 @@ class ImageModule(tf.Module):
         self.preprocessing = check_mode(preprocessing)  # A named mode, or an Affine.
         self.pooling = pooling
         # What the pooled features are, for the model card (a backbone may pool inside).
-        self.bottleneck = bottleneck or f"the {pooling}-pooled last feature map"
+        self.bottleneck = bottleneck or features
         self.min_size = int(min_size)
         self.fixed_size = fixed_size
         self.native_size = int(fixed_size or native_size or min_size)
@@ -362,7 +363,7 @@ class FeatureVectorModule(ImageModule):
         backbone: keras.Model,
         *,
         preprocessing: Mode,
-        pooling: str = "avg",
+        pooling: str | None = None,
         min_size: int = 32,
         fixed_size: int | None = None,
         native_size: int | None = None,
@@ -417,7 +418,7 @@ class ClassifierModule(ImageModule):
         dropout_rate: float = DEFAULT_DROPOUT,
         labels: list[str] | None = None,
         activation: str = "softmax",
-        pooling: str = "avg",
+        pooling: str | None = None,
         min_size: int = 32,
         fixed_size: int | None = None,
         native_size: int | None = None,

@@ -13,9 +13,10 @@ import dataclasses
 import keras
 import numpy as np
 
+from exporter import choices
 from exporter.errors import ExportError
 
-COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
+COMPUTE_DTYPES = choices.COMPUTE_DTYPES
 _POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
 # The least cosine similarity, per output row, to the float32 twin. Real weights do far
 # better (ResNet50 with ImageNet weights in bfloat16: cosine 0.99999, 0.5% of the scale);
@@ -23,10 +24,7 @@ _POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mix
 # bfloat16: cosine 0.94 to 0.97 by calibration batch), and the bound must hold for both: it
 # catches a broken export (wrong preprocessing, a lost cast), not rounding.
 MIN_COSINE = {"bfloat16": 0.9, "float16": 0.99}
-HELP = (
-    "float32, bfloat16 or float16: the dtype the backbone and head compute in (Keras' mixed "
-    "policy: weights, input and output stay float32)"
-)
+HELP = choices.COMPUTE_DTYPE_HELP
 
 
 def check(compute_dtype: str) -> str:

@@ -23,6 +23,8 @@ from collections.abc import Callable, Sequence
 
 import tensorflow as tf
 
+from exporter import choices
+
 # ImageNet statistics, as keras.applications.imagenet_utils uses them.
 _CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 _TORCH_MEAN_RGB = (0.485, 0.456, 0.406)
@@ -59,7 +61,7 @@ _MODES: dict[str, Callable[[tf.Tensor], tf.Tensor]] = {
     "identity": _identity,
 }
 
-MODES = tuple(sorted(_MODES))
+MODES = choices.PREPROCESSING_MODES
 
 DESCRIPTIONS = {
     "caffe": "RGB to BGR, then ImageNet mean subtracted on 0..255",

@@ -17,11 +17,14 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import importlib.metadata
+import inspect
+import re
 from pathlib import Path
 
 import keras
 
-from exporter.errors import ExportError, first_line
+from exporter import choices
+from exporter.errors import ArgumentError, ExportError, first_line
 from exporter.making.head import HeadDropout
 from exporter.making.preprocessing import Affine
 from exporter.progress import stage
@@ -194,16 +197,19 @@ def load(handle: str, *, weights: bool = True, pooling: str | None = None) -> Pr
         backbone_class = loader.check_backbone_class()
         has_task = preset_utils.check_file_exists(handle, TASK_FILE)
     except Exception as error:  # Offline, missing, or not a preset: keras-hub's words.
-        raise ExportError(
-            f"Could not read keras-hub preset {handle!r}: {first_line(error)}"
-        ) from None
+        why = offline_reason(error) or first_line(error)
+        raise ExportError(f"Could not read keras-hub preset {handle!r}: {why}") from None
     name = backbone_class.__name__
     if name in ENCODERS:
-        return _load_encoder(keras_hub, handle, name, weights, pooling)
+        _check_pooling(pooling, (ENCODERS[name][0],), handle, f"{name} pools as its own code does")
+        return _load_encoder(keras_hub, handle, name, weights)
     task_class = _classifier_class(keras_hub, backbone_class)
     if task_class is None:
         why = REFUSED.get(name, "not an image backbone with a keras-hub ImageClassifier")
         raise ExportError(f"Cannot export keras-hub preset {handle!r} ({name}): {why}.")
+    _check_pooling(
+        pooling, classifier_poolings(task_class), handle, f"as its {task_class.__name__} pools"
+    )
     options = {} if pooling is None else {"pooling": pooling}
     with _building(handle, task_class.__name__, pooling):
         if has_task and not options:
@@ -251,14 +257,57 @@ def _building(handle: str, what: str, pooling: str | None):
         ) from error
 
 
-def _load_encoder(keras_hub, handle: str, name: str, weights: bool, pooling) -> Preset:
+# What the network libraries say when a host cannot be reached (requests, urllib3, socket).
+_OFFLINE_TYPES = ("ConnectionError", "NameResolutionError", "MaxRetryError", "gaierror")
+_HOST = re.compile(r"host='([^']+)'")
+
+
+def offline_reason(error: BaseException) -> str | None:
+    """Why a preset could not be read, in one line, when ``error`` (or its cause) is a
+    connection failure: "cannot download it: no network (HOST cannot be reached) ..."; None
+    for any other error."""
+    seen, cause = [], error
+    while cause is not None and len(seen) < 10:
+        seen.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    if not any(type(cause).__name__ in _OFFLINE_TYPES for cause in seen):
+        return None
+    hosts = [match.group(1) for cause in seen for match in [_HOST.search(str(cause))] if match]
+    where = f" ({hosts[0]} cannot be reached)" if hosts else ""
+    return (
+        f"cannot download it: no network{where}. Connect, or export a preset folder that "
+        "keras-hub's save_to_preset wrote."
+    )
+
+
+def classifier_poolings(task_class) -> tuple[str, ...]:
+    """The poolings a keras-hub ``ImageClassifier`` class takes: a token model's (ViT,
+    DeiT: its default is ``"token"``) or a feature map's global ones; none when it has no
+    ``pooling`` argument (SwinTransformer, MobileNetV5 pool as their own code does)."""
+    try:
+        parameters = inspect.signature(task_class.__init__).parameters
+    except (TypeError, ValueError):
+        return ()
+    if "pooling" not in parameters:
+        return ()
+    default = parameters["pooling"].default
+    return choices.TOKEN_POOLINGS if default in choices.TOKEN_POOLINGS else choices.MAP_POOLINGS
+
+
+def _check_pooling(pooling: str | None, takes: tuple[str, ...], handle: str, why: str) -> None:
+    """Refuse, before anything is built, a pooling this preset's family does not do."""
+    if pooling is None or pooling in takes:
+        return
+    expected = f"one of {', '.join(takes)}" if takes else "no pooling (it takes none)"
+    raise ArgumentError(
+        f"Expected pooling to be {expected} for keras-hub preset {handle!r} ({why}), or left "
+        f'unset. Received: pooling="{pooling}".'
+    )
+
+
+def _load_encoder(keras_hub, handle: str, name: str, weights: bool) -> Preset:
     """A vision encoder: its pooled image embedding, no classifier of its own."""
     own_pooling, words = ENCODERS[name]
-    if pooling not in (None, own_pooling):
-        raise ExportError(
-            f"Expected no pooling (or {own_pooling!r}) for keras-hub preset {handle!r}: "
-            f"{name} pools as its own code does. Received: pooling={pooling!r}."
-        )
     with _building(handle, name, None):
         backbone = keras_hub.models.Backbone.from_preset(handle, load_weights=weights)
     body = _encoder_body(backbone, name)

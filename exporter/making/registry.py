@@ -5,7 +5,8 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 
-from exporter.errors import ExportError
+from exporter import choices
+from exporter.errors import ArgumentError
 from exporter.making import preprocessing
 
 
@@ -58,6 +59,23 @@ class Backbone:
         """Where the architecture comes from, e.g. ``keras.applications.ResNet50``."""
         return f"keras.applications.{self.build.__name__}"
 
+    @property
+    def poolings(self) -> tuple[str, ...]:
+        """The ``pooling`` values it takes: a global pooling of its last feature map."""
+        return choices.MAP_POOLINGS
+
+    def check_pooling(self, pooling: str | None) -> str:
+        """``pooling`` (default ``"avg"``) if this backbone takes it; an ArgumentError naming
+        the ones it takes otherwise."""
+        if pooling is None:
+            return "avg"
+        if pooling not in self.poolings:
+            raise ArgumentError(
+                f"Expected pooling to be one of {', '.join(self.poolings)} for {self.name} "
+                f'(a global pooling of its last feature map). Received: pooling="{pooling}".'
+            )
+        return pooling
+
     def bottleneck(self, pooling: str) -> str:
         """What the feature vector is, in words, e.g. "the avg-pooled last feature map"."""
         if self.norm_after_pooling:
@@ -85,7 +103,7 @@ def get(name: str) -> Backbone:
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise ExportError(
+        raise ArgumentError(
             f"Unknown backbone {name!r}: expected a registered name ({', '.join(names())}), "
             "a keras-hub preset folder or handle, or a .keras file."
         ) from None

@@ -183,13 +183,9 @@ def save_owned(
     out = check_destination(out, overwrite)
     module = owned[0]
     kinds = serving.parse_inputs(serving_inputs)
+    serving.check_size_applies(kinds, serving_size)
     if "image_bytes" in kinds:
         serving_size = serving.check_size(module, serving_size)
-    elif serving_size is not None:
-        raise ExportError(
-            "serving_size is the size serving_bytes resizes to; add image_bytes to "
-            f"serving_inputs. Received: serving_inputs={list(kinds)}, serving_size={serving_size}."
-        )
     created = []
     tmp = None
     try:

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 import tensorflow as tf
 
 from exporter import spec
-from exporter.errors import ExportError
+from exporter.errors import ArgumentError
 
 DEFAULT_INPUTS = ("float32",)
 # Leading bytes of each format tf.io.decode_image reads: (offset, bytes) pairs, all must match.
@@ -43,7 +43,7 @@ def parse_inputs(serving_inputs: str | Iterable[str] | None) -> tuple[str, ...]:
     kinds = [str(kind).strip() for kind in serving_inputs if str(kind).strip()]
     unknown = [kind for kind in kinds if kind not in spec.SERVING_SIGNATURES]
     if unknown:
-        raise ExportError(
+        raise ArgumentError(
             f"Unknown serving input {unknown[0]!r}; known: {', '.join(spec.SERVING_SIGNATURES)}."
         )
     return tuple(kind for kind in spec.SERVING_SIGNATURES if kind == "float32" or kind in kinds)
@@ -56,17 +56,32 @@ def check_size(module, serving_size: int | None) -> int:
         ExportError: If the size is outside the module's admissible range.
     """
     size = module.native_size if serving_size is None else serving_size
-    if not isinstance(size, int) or size < module.min_size:
-        raise ExportError(
-            f"Expected serving_size to be an int of at least {module.min_size} (the model's "
-            f"min_size). Received: {serving_size!r}."
-        )
-    if module.fixed_size is not None and size != module.fixed_size:
-        raise ExportError(
-            f"Expected serving_size {module.fixed_size}: the model is fixed-size. "
-            f"Received: {serving_size!r}."
-        )
+    check_size_range(size, module.min_size, module.fixed_size)
     return size
+
+
+def check_size_applies(kinds: tuple[str, ...], serving_size: int | None) -> None:
+    """Refuse a ``serving_size`` without the ``image_bytes`` signature it is for."""
+    if serving_size is not None and "image_bytes" not in kinds:
+        raise ArgumentError(
+            "serving_size is the size serving_bytes resizes to; add image_bytes to "
+            f"serving_inputs. Received: serving_inputs={list(kinds)}, serving_size={serving_size}."
+        )
+
+
+def check_size_range(size, min_size: int, fixed_size: int | None, name: str = "") -> None:
+    """Refuse a serving size the model (``name``, if given) cannot take."""
+    model = f"{name}'s" if name else "the model's"
+    if not isinstance(size, int) or size < min_size:
+        raise ArgumentError(
+            f"Expected serving_size to be an int of at least {min_size} ({model} "
+            f"min_size). Received: {size!r}."
+        )
+    if fixed_size is not None and size != fixed_size:
+        raise ArgumentError(
+            f"Expected serving_size {fixed_size}: {name or 'the model'} is fixed-size. "
+            f"Received: {size!r}."
+        )
 
 
 def signatures(module, serving_inputs=DEFAULT_INPUTS, serving_size: int | None = None) -> dict:

@@ -23,13 +23,14 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from exporter import siblings, spec
+from exporter import choices, siblings, spec
 from exporter.checking import savedmodel
+from exporter.console import native_logs_filtered
 from exporter.errors import ExportError, UnsafeOpsError, first_line
 from exporter.progress import stage
 
-RUNTIMES = ("litert", "onnx")
-QUANTIZATIONS = ("none", "float16", "dynamic_int8")
+RUNTIMES = choices.RUNTIMES
+QUANTIZATIONS = choices.QUANTIZATIONS
 ONNX_OPSET = 17
 INSTALL = "pip install 'tfhub-exporter[convert]'"
 OPT_IN = "If you trust it, pass allow_unsafe_ops=True."
@@ -120,6 +121,7 @@ def parse_size(size: int | str | tuple[int, int] | list[int] | None) -> tuple[in
 
 
 # Long: its docstring documents the public API; the body is 35 lines of stages in order.
+@native_logs_filtered  # LiteRT's "Created TensorFlow Lite XNNPACK delegate" (exporter.console).
 def convert(
     export: str | os.PathLike,
     out: str | os.PathLike,

@@ -23,6 +23,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import logging
 import os
@@ -36,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
+from exporter import choices
 from exporter.checking import checkpoint_index, savedmodel
 from exporter.errors import Error, UnsafeOpsError
 from exporter.use import image_files
@@ -52,8 +54,8 @@ from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 
 logger = logging.getLogger("exporter")
 
-FORMATS = ("parquet", "tfrecord", "jsonl")
-DEFAULT_RUNNER = "FnApiRunner"  # Local and offline: DirectRunner first fetches a Prism binary.
+FORMATS = choices.EMBED_FORMATS
+DEFAULT_RUNNER = choices.DEFAULT_RUNNER
 DEFAULT_SIZE = 224  # For SavedModels whose metadata states no native size.
 ERRORS_SUFFIX = "-errors"
 _PROGRESS_SECONDS = 10.0
@@ -213,14 +215,18 @@ class ReadImages(beam.PTransform):
         self, images: str, image_size: int, max_pixels: int = image_files.DEFAULT_MAX_PIXELS
     ):
         super().__init__()
-        self.pattern = image_pattern(images)
+        self.patterns = image_patterns(images)
         self.image_size, self.max_pixels = image_size, max_pixels
 
     def expand(self, root):
         decoded = (
             root
-            | "Match" >> fileio.MatchFiles(self.pattern)
-            # One pattern is one element: spread the files over workers before reading.
+            | "Patterns" >> beam.Create(self.patterns)
+            | "Match" >> fileio.MatchAll()
+            # A file two patterns match is read once (only "a/**/**/b" makes such pairs).
+            | "Paths" >> beam.Map(lambda metadata: metadata.path)
+            | "Once" >> beam.Distinct()
+            # Few patterns are few elements: spread the files over workers before reading.
             | "Spread" >> beam.Reshuffle()
             | "Decode"
             >> beam.ParDo(_DecodeImages(self.image_size, self.max_pixels)).with_outputs(
@@ -369,6 +375,25 @@ def image_pattern(images: str) -> str:
     return images
 
 
+def image_patterns(images: str) -> list[str]:
+    """Beam globs that together match what ``image_pattern(images)`` means in a shell.
+
+    ``**/`` matches zero or more folders, as in shells and ``glob.glob(recursive=True)``;
+    Beam's ``**`` is any text, so ``photos/**/*.jpg`` would need at least one folder and
+    skip ``photos/a.jpg``. Each ``**/`` is therefore also tried as nothing.
+
+    Example:
+        >>> image_patterns("/data/photos/**/*.jpg")
+        ['/data/photos/**/*.jpg', '/data/photos/*.jpg']
+    """
+    parts = image_pattern(images).split("**/")
+    variants = []
+    for keep in itertools.product(("**/", ""), repeat=len(parts) - 1):
+        pairs = zip(keep, parts[1:], strict=True)
+        variants.append(parts[0] + "".join(star + part for star, part in pairs))
+    return list(dict.fromkeys(variants))
+
+
 def _image_size(facts: ModelFacts, image_size: int | None) -> int:
     if image_size is None:
         return facts.native_size or DEFAULT_SIZE
@@ -495,9 +520,10 @@ class Summary:
 def _check_images(images: str) -> str:
     pattern = image_pattern(images)
     try:
-        found = FileSystems.match([pattern])[0].metadata_list
+        results = FileSystems.match(image_patterns(images))
     except Exception as error:  # Beam raises BeamIOError, or the filesystem's own errors.
         raise EmbedError(f"images={images}: cannot list it: {error}") from None
+    found = [metadata for result in results for metadata in result.metadata_list]
     if not found:
         raise EmbedError(f"images={images}: no files match (searched {pattern}).")
     return pattern

@@ -15,13 +15,14 @@ from pathlib import Path
 
 import tensorflow as tf
 
+from exporter import choices
 from exporter.checking import files
 from exporter.errors import Error
 
 # An image of DEFAULT_MAX_PIXELS is at most 400 MB even as an uncompressed 32-bit BMP.
 MAX_FILE_BYTES = 1 << 30
 # 100 megapixels (10000 x 10000): decoding and resizing one takes about 1.6 GB of memory.
-DEFAULT_MAX_PIXELS = 100_000_000
+DEFAULT_MAX_PIXELS = choices.DEFAULT_MAX_PIXELS
 
 
 class ImageFileError(Error, ValueError):

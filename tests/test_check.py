@@ -378,12 +378,15 @@ def test_checkpoint_ops_are_allowed_only_in_the_saver(export):
     function = proto.meta_graphs[0].graph_def.library.function
     call = next(f for f in function if "__call__" in f.signature.name)
     call.node_def.add(name="sneaky", op="SaveV2")
-    assert unsafe_ops.scan(proto) == [("SaveV2", f"function {call.signature.name}")]
+    assert unsafe_ops.scan(proto) == [
+        ("SaveV2", f"function {call.signature.name} (writes a checkpoint outside the saver's save)")
+    ]
 
 
 def test_checkpoint_ops_reached_through_a_function_attribute_are_not_the_savers():
     """A function named inside another function's attributes is called too (through a
-    placeholder attribute): it is not reachable solely from the saver."""
+    placeholder attribute): it is not reachable solely from the saver. And a write that the
+    saver's restore op reaches is refused all the same."""
     from tensorflow.core.protobuf import saved_model_pb2
 
     from exporter.checking import unsafe_ops
@@ -404,9 +407,13 @@ def test_checkpoint_ops_reached_through_a_function_attribute_are_not_the_savers(
     main = meta.graph_def.node.add(name="main", op="StatefulPartitionedCall")
     main.attr["f"].func.name = "calls_its_attribute"
     main.attr["f"].func.attr["inner"].func.name = "writes_files"
-    assert unsafe_ops.scan(proto) == [("SaveV2", "function writes_files")]
-    del meta.graph_def.node[1]  # Without the main node, only the saver reaches it.
-    assert unsafe_ops.scan(proto) == []
+    outside = " (writes a checkpoint outside the saver's save)"
+    assert unsafe_ops.scan(proto) == [("SaveV2", f"function writes_files{outside}")]
+    del meta.graph_def.node[1]  # Without the main node, only the saver's restore reaches it:
+    # a write there runs whenever a TF1 loader restores the checkpoint (issue 32, finding 4).
+    assert unsafe_ops.scan(proto) == [
+        ("SaveV2", "function writes_files (writes a file when the checkpoint is restored)")
+    ]
 
 
 # -- unreadable input --------------------------------------------------------------------

@@ -222,7 +222,7 @@ class Ops:
 
     integer: dict[str, int]
     float: dict[str, int]  # Ops that read or write a float tensor inside the graph.
-    io_conversions: dict[str, int]  # (DE)QUANTIZE of the model's input or to its output.
+    conversions: dict[str, int]  # (DE)QUANTIZE from or to float: float I/O, or a float op's.
     flex: dict[str, int]
 
     def as_dict(self) -> dict:
@@ -239,8 +239,6 @@ def ops(content: bytes) -> Ops:
     kinds: dict[str, Counter] = {k: Counter() for k in ("integer", "float", "io", "flex")}
     for g in range(model.SubgraphsLength()):
         graph = model.Subgraphs(g)
-        boundary_in = set(graph.InputsAsNumpy().tolist())
-        boundary_out = set(graph.OutputsAsNumpy().tolist())
 
         def floating(index: int, graph=graph) -> bool:
             tensor = graph.Tensors(index)
@@ -260,14 +258,12 @@ def ops(content: bytes) -> Ops:
             outputs = [i for i in op.OutputsAsNumpy().tolist() if i >= 0]
             if name.startswith("Flex"):
                 kinds["flex"][name] += 1
-            elif name in ("QUANTIZE", "DEQUANTIZE") and (
-                set(inputs) <= boundary_in or set(outputs) <= boundary_out
-            ):
-                kinds["io"][name] += 1
-            elif any(floating(i) for i in inputs + outputs):
-                kinds["float"][name] += 1
-            else:
+            elif not any(floating(i) for i in inputs + outputs):
                 kinds["integer"][name] += 1
+            elif name in ("QUANTIZE", "DEQUANTIZE"):  # To or from float: a float op's, or I/O.
+                kinds["io"][name] += 1
+            else:
+                kinds["float"][name] += 1
     as_dict = {k: dict(sorted(v.items())) for k, v in kinds.items()}
     return Ops(as_dict["integer"], as_dict["float"], as_dict["io"], as_dict["flex"])
 
@@ -512,7 +508,7 @@ def report_text(path: Path, facts: dict, found: Figures, report: Ops) -> str:
         f"- bound: {facts['verification']['bound']}",
         f"- int8 ops: {_counts(report.integer)}",
         f"- ops that stayed float: {_counts(report.float)}",
-        f"- input and output conversions: {_counts(report.io_conversions)}",
+        f"- conversions from or to float: {_counts(report.conversions)}",
         "",
         "Feeding it:",
         "",

@@ -199,7 +199,8 @@ def convert(
     out = Path(os.path.abspath(os.path.expanduser(out)))
     export = Path(os.path.abspath(os.path.expanduser(export)))
     sidecar = out.with_name(out.name + ".json")
-    _check_out(out, sidecar, export, overwrite)
+    report = out.with_name(out.name + ".report.md")  # int8's short report.
+    _check_out(out, sidecar, export, overwrite, *([report] if quantize == "int8" else []))
     runtime = _Runtime.for_target(to)
     source = _Source(export, fixed, allow_unsafe_ops)
     quantized = int8.Job(source, settings) if quantize == "int8" else None
@@ -225,7 +226,6 @@ def convert(
         facts = _sidecar(source, runtime, quantize, checks, warning)
         if quantized is not None:
             facts = quantized.sidecar(facts, out)
-            report = out.with_name(out.name + ".report.md")
             finals.append(report)
         temporaries.append(siblings.file(sidecar, (json.dumps(facts, indent=2) + "\n").encode()))
         if quantized is not None:
@@ -246,10 +246,10 @@ def convert(
     )  # fmt: skip
 
 
-def _check_out(out: Path, sidecar: Path, export: Path, overwrite: bool) -> None:
+def _check_out(out: Path, sidecar: Path, export: Path, overwrite: bool, *others: Path) -> None:
     """Refuse an ``out`` that is a directory, exists (without ``overwrite``), lies under a
     file, or lies inside a SavedModel: the source's files, or any other's, are never replaced."""
-    for path in (out, sidecar):
+    for path in (out, sidecar, *others):
         if path.is_dir():
             raise ExportError(f"Expected out to be a file path. Received a directory: out={path}.")
         if path.exists() and not overwrite:

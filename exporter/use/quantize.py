@@ -303,10 +303,10 @@ class Figures:
 class Runner:
     """The int8 file in ``ai_edge_litert``, fed float images: it (de)quantizes integer I/O."""
 
-    def __init__(self, path: Path, input_name: str):
+    def __init__(self, path: Path, input_name: str, num_threads: int | None = None):
         from ai_edge_litert.interpreter import Interpreter
 
-        interpreter = Interpreter(model_path=str(path))
+        interpreter = Interpreter(model_path=str(path), num_threads=num_threads)
         self.runner = interpreter.get_signature_runner()
         self.input_name = input_name
         self.input = _quantization(self.runner.get_input_details()[input_name])

@@ -150,8 +150,8 @@ def export_keras_hub_resnet50(out: Path, images: np.ndarray) -> Path:
         preprocessor=keras_hub.models.ResNetImageClassifierPreprocessor(image_converter=converter),
         num_classes=10,
     )
-    task.save_to_preset(str(out.parent / "resnet-preset"))
-    return exporter.export_feature_vector(str(out.parent / "resnet-preset"), out)
+    task.save_to_preset(str(out.parent / "resnet_preset"))
+    return exporter.export_feature_vector(str(out.parent / "resnet_preset"), out)
 
 
 def measure(name: str, scratch: Path, calibration: str, validation: str) -> dict:

@@ -13,7 +13,9 @@ held-out images in ``ai_edge_litert``. Prints the figures (cosine to the SavedMo
 random weights are no model anyone deploys.
 
 ``keras_hub_resnet50`` is a keras-hub ResNet task preset in ResNet-50's shape (bottleneck
-blocks 3-4-6-3), saved with ``save_to_preset`` and exported from that folder.
+blocks 3-4-6-3), saved with ``save_to_preset`` and exported from that folder;
+``keras_hub_vit_tiny`` a ViT task preset of ViT-Ti/16's width (192, 3 heads) with 2 of its
+12 layers, enough to show which of its ops (softmax, layer norm, GELU) stay float.
 
 Images: ``--images`` (your own photos), else 150 images made here: random crops, flips and
 colour jitter of matplotlib's sample photograph, and scenes of random shapes on gradients.
@@ -40,7 +42,7 @@ _BACKBONES = flags.DEFINE_list(
     "backbones",
     ["mobilenet_v2", "efficientnet_b0", "mobilenet_v3_small", "mobilenet_v3_large",
      "keras_hub_resnet50"],
-    "Registered backbones, or keras_hub_resnet50.",
+    "Registered backbones, keras_hub_resnet50 or keras_hub_vit_tiny.",
 )  # fmt: skip
 _IMAGES = flags.DEFINE_string("images", None, "Photos to calibrate and verify on (DIR|GLOB).")
 _SIZE = flags.DEFINE_integer("size", 224, "Height and width the images are resized to.")
@@ -154,11 +156,35 @@ def export_keras_hub_resnet50(out: Path, images: np.ndarray) -> Path:
     return exporter.export_feature_vector(str(out.parent / "resnet_preset"), out)
 
 
+def export_keras_hub_vit_tiny(out: Path, images: np.ndarray) -> Path:
+    import keras_hub
+
+    keras.utils.set_random_seed(0)
+    size = _SIZE.value
+    backbone = keras_hub.models.ViTBackbone(
+        image_shape=(size, size, 3), patch_size=16, num_layers=2, num_heads=3, hidden_dim=192,
+        mlp_dim=768,
+    )  # fmt: skip
+    converter = keras_hub.layers.ViTImageConverter(
+        image_size=(size, size), scale=2 / 255, offset=-1.0
+    )
+    task = keras_hub.models.ViTImageClassifier(
+        backbone=backbone,
+        preprocessor=keras_hub.models.ViTImageClassifierPreprocessor(image_converter=converter),
+        num_classes=10,
+        pooling="token",
+    )
+    task.save_to_preset(str(out.parent / "vit_preset"))
+    return exporter.export_feature_vector(str(out.parent / "vit_preset"), out)
+
+
 def measure(name: str, scratch: Path, calibration: str, validation: str) -> dict:
     images = _batch(calibration, _SIZE.value)
     start = time.perf_counter()
     if name == "keras_hub_resnet50":
         export = export_keras_hub_resnet50(scratch / name, images)
+    elif name == "keras_hub_vit_tiny":
+        export = export_keras_hub_vit_tiny(scratch / name, images)
     else:
         export = export_registered(name, scratch / name, images)
     row = {"backbone": name, "export_s": round(time.perf_counter() - start, 1)}

@@ -185,8 +185,10 @@ def configure(converter, images: Images, settings: Settings, steps: list[str]):
     skipped = images.skipped
 
     def representative():
-        for path, image in _decoded(images.calibration, images.size, skipped):
-            if len(steps) >= settings.calibration_steps:
+        decoded = _decoded(images.calibration, images.size, skipped)
+        while len(steps) < settings.calibration_steps:  # Checked before the next decode.
+            path, image = next(decoded, (None, None))
+            if path is None:
                 return
             steps.append(path)
             yield [image[np.newaxis]]

@@ -11,7 +11,7 @@ dynamic_int8, full-integer int8 with float32 and with uint8 I/O) and ONNX, and t
 at the given batch sizes. The anchor (1.0x) is the float32 SavedModel's ``__call__``; the
 median of ``--repeats`` calls after one warm-up. int8 is calibrated on 100 images and every
 form's agreement (mean and least cosine similarity to the SavedModel's ``__call__``) is
-measured on 50 others: ``--images`` or, by default, the images ``int8_reach.py`` makes
+measured on 50 others: ``--images`` or, by default, those ``calibration_images.py`` makes
 (crops of matplotlib's sample photograph and scenes of shapes). Needs
 ``pip install 'tfhub-exporter[convert]'``.
 """
@@ -23,8 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import calibration_images
 import harness
-import int8_reach
 import keras
 import numpy as np
 import tensorflow as tf
@@ -39,7 +39,7 @@ _BATCHES = flags.DEFINE_list("batches", ["1", "16"], "Batch sizes to time.")
 _SIZE = flags.DEFINE_integer("size", 224, "Height and width of the timed images.")
 _REPEATS = flags.DEFINE_integer("repeats", 10, "Timed calls per measurement (median).")
 _IMAGES = flags.DEFINE_string(
-    "images", None, "Calibration images for int8 (DIR|GLOB); default: int8_reach.py's."
+    "images", None, "Calibration images for int8 (DIR|GLOB); default: calibration_images.py's."
 )
 
 
@@ -161,7 +161,7 @@ def main(argv):
                 calibration, validation = _IMAGES.value, None
                 held_out = quantize.find(_IMAGES.value, "images")[-50:]
             else:
-                calibration, validation = int8_reach.make_images(scratch / "images")
+                calibration, validation = calibration_images.make_images(scratch / "images")
                 held_out = quantize.find(validation, "validation")
             weights = _calibrated_weights(facts, 64)
             runners, refused = _runners(scratch, facts, weights, calibration, validation)

@@ -475,7 +475,8 @@ def example(runner: Runner, size: tuple[int, int]) -> str:
     out = "result"
     if runner.output["dtype"] != "float32":
         scale, zero = runner.output["scale"], runner.output["zero_point"]
-        out = f"(result.astype(np.float32) - {zero}) * {scale!r}"
+        shift = f"- {zero}" if zero >= 0 else f"+ {-zero}"
+        out = f"(result.astype(np.float32) {shift}) * {scale!r}"
     height, width = size
     return "\n".join([
         "import numpy as np",

@@ -91,6 +91,8 @@ _NOT_INT8 = {
     "validation": None,
     "io": "float32",
     "calibration_steps": DEFAULT_CALIBRATION_STEPS,
+    "min_agreement": DEFAULT_MIN_AGREEMENT,
+    "min_cosine": DEFAULT_MIN_COSINE,
     "require_full_integer": False,
 }
 

@@ -198,6 +198,10 @@ def test_black_calibration_is_refused_and_nothing_written(task):
             calibration=root / "black", validation=root / "held_out",
         )  # fmt: skip
     assert "\n" not in str(raised.value)
+    # Without real validation images its own held-out share is black too: refused as flat.
+    with pytest.raises(ExportError, match=r"Received 8 images of one colour each .* Nothing"):
+        convert.convert(export, folder / "black.tflite", to="litert", quantize="int8",
+                        calibration=root / "black")  # fmt: skip
     assert list(folder.iterdir()) == []
 
 

@@ -106,6 +106,7 @@ class Images:
     validation: tuple[str, ...]
     held_out: bool  # Validation is a share of the calibration files.
     skipped: list[str]  # "path: reason" for files that are not images.
+    flat: list[str]  # Calibration images of one colour.
     calibration_source: str
     validation_source: str
 
@@ -157,6 +158,7 @@ def select(settings: Settings, size: tuple[int, int]) -> Images:
         validation=tuple(validation[:MAX_VALIDATION_IMAGES]),
         held_out=settings.validation is None,
         skipped=[],
+        flat=[],
         calibration_source=os.fspath(settings.calibration),
         validation_source=(
             f"{HELD_OUT_SHARE:.0%} of the calibration files, held out"
@@ -193,6 +195,8 @@ def configure(converter, images: Images, settings: Settings, steps: list[str]):
             if path is None:
                 return
             steps.append(path)
+            if float(np.ptp(image)) < 1.0 / 255:  # One colour: it calibrates ranges to a point.
+                images.flat.append(path)
             yield [image[np.newaxis]]
 
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -214,6 +218,12 @@ def refuse_without_steps(steps: list[str], images: Images) -> None:
         raise ExportError(
             f"Expected calibration images that decode. Received none in "
             f"{images.calibration_source}{where}. Nothing was written."
+        )
+    if images.held_out and len(images.flat) == len(steps):  # Its held-out share: flat too.
+        raise ExportError(
+            f"Expected calibration images like those the model will see. Received "
+            f"{len(steps)} images of one colour each in {images.calibration_source} (such "
+            "as all black): they calibrate every range to a point. Nothing was written."
         )
 
 

@@ -119,7 +119,9 @@ def _runners(scratch: Path, facts, weights: list, calibration, validation) -> tu
         else:
             run = _litert(Interpreter(model_path=str(done.path), num_threads=threads))
         runners[label] = (run, done.size_bytes)
-        print(f"  {done.summary().splitlines()[-1].strip()}  [{label}]", flush=True)
+        lines = done.summary().splitlines()
+        for line in lines[3:] if quantize_mode == "int8" else lines[-1:]:  # int8: its figures.
+            print(f"  {line.strip()}  [{label}]", flush=True)
     done = convert.convert(scratch / "float32", scratch / "model.onnx", to="onnx")
     session = onnxruntime.InferenceSession(str(done.path), providers=["CPUExecutionProvider"])
     runners["onnxruntime"] = (lambda x: session.run(None, {"images": x})[0], done.size_bytes)

@@ -291,4 +291,5 @@ def test_missing_extra_says_what_to_install(tmp_path, monkeypatch, missing):
     monkeypatch.setitem(sys.modules, missing, None)  # Makes the import fail as if absent.
     to = "litert" if missing == "ai_edge_litert" else "onnx"
     with pytest.raises(ExportError, match=r"needs \w+: pip install 'tfhub-exporter\[convert\]'$"):
-        convert.convert(tmp_path, tmp_path / "model.bin", to=to)
+        # The file beside the folder: one inside a SavedModel's folder is refused first.
+        convert.convert(tmp_path / "export", tmp_path / "model.bin", to=to)

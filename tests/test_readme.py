@@ -79,6 +79,16 @@ NOT_RUN = {
     ),
     'pip install "tfhub-exporter[beam]" "apache-beam[gcp]"': "Dataflow: needs a Google Cloud"
     " project and bucket (the wheel name it stages is checked with the wheel's build)",
+    "python -m exporter.convert exports/my_classifier --to=litert "
+    "--out=my_classifier_int8.tflite --quantize=int8 --calibration=~/photos --io=uint8": (
+        "int8 needs a trained model and real photos: random weights on three random-pixel "
+        "files are refused by the verification, as they should be; tests/test_quantize.py "
+        "runs the same command on a CNN it trains"
+    ),
+    "# my_classifier_int8.tflite: converted with --quantize=int8 --io=uint8": (
+        "needs the int8 file of the block above; tests/test_quantize.py feeds uint8 pixels "
+        "the same way"
+    ),
 }
 SYNOPSIS = re.compile(r"\[--|=[A-Z][A-Z_]*\b|\w\|\w")
 

@@ -9,7 +9,9 @@ sidecar ``out + '.json'`` that carries what the converted model no longer checks
 
 Tolerance per mode, relative to the largest absolute value of the SavedModel's output:
 float32 (``quantize='none'``) agrees within ``3e-4``; ``float16`` and ``dynamic_int8``
-report their error and cosine similarity and fail only past ``BOUNDS``.
+report their error and cosine similarity and fail only past ``BOUNDS``. ``int8`` (full
+integer) is calibrated on the user's images and verified on held-out ones instead; see
+``exporter.use.quantize``.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from exporter.checking import savedmodel
 from exporter.console import native_logs_filtered
 from exporter.errors import ExportError, UnsafeOpsError, first_line
 from exporter.progress import stage
+from exporter.use import quantize as int8
 
 RUNTIMES = choices.RUNTIMES
 QUANTIZATIONS = choices.QUANTIZATIONS
@@ -84,12 +87,17 @@ class Conversion:
     bound: Bound
     checks: tuple[Check, ...]
     warning: str
+    int8: dict | None = None  # quantize="int8": FILE.json's int8 facts, figures and report.
 
     def summary(self) -> str:
         """Lines for a person: the file, then each check's error and cosine similarity."""
         lines = [
             f"wrote {self.path} ({self.size_bytes / 1e6:.1f} MB, {self.to}, "
             f"quantize={self.quantize}) and {self.sidecar.name}",
+        ]
+        if self.int8 is not None:
+            return "\n".join(lines + self.int8["lines"])
+        lines += [
             f"parity with the SavedModel's __call__ (bound: max difference <= "
             f"{self.bound.max_relative:g} of the output scale, cosine >= {self.bound.min_cosine}):",
         ]
@@ -131,6 +139,13 @@ def convert(
     size: int | str | tuple[int, int] | None = None,
     overwrite: bool = False,
     allow_unsafe_ops: bool = False,
+    calibration: str | os.PathLike | None = None,
+    calibration_steps: int = int8.DEFAULT_CALIBRATION_STEPS,
+    validation: str | os.PathLike | None = None,
+    io: str = "float32",
+    min_agreement: float = int8.DEFAULT_MIN_AGREEMENT,
+    min_cosine: float = int8.DEFAULT_MIN_COSINE,
+    require_full_integer: bool = False,
 ) -> Conversion:
     """Convert the SavedModel ``export`` to ``to`` at ``out``, verified, or write nothing.
 
@@ -139,14 +154,25 @@ def convert(
             images [batch, height, width, 3]; ours, or anyone's.
         out: The file to write (``.tflite`` or ``.onnx``); ``out + '.json'`` is the sidecar.
         to: ``litert`` or ``onnx``.
-        quantize: ``none``, ``float16`` (weights) or ``dynamic_int8`` (dynamic-range);
-            LiteRT only.
+        quantize: ``none``, ``float16`` (weights), ``dynamic_int8`` (dynamic-range) or
+            ``int8`` (full integer, calibrated on ``calibration``); LiteRT only.
         size: A fixed input size, ``H`` or ``(H, W)``, which mobile runtimes prefer; default
             dynamic height and width. The batch size stays free.
         overwrite: Replace existing files at ``out`` and its sidecar.
         allow_unsafe_ops: Load and run the SavedModel even if its graph holds ops that touch
             files, processes, the network or Python. By default such a model is refused
             before anything of it is loaded or written.
+        calibration: ``int8``: a directory (every file under it) or glob of real image
+            files, decoded and resized as ``embed`` does; required.
+        calibration_steps: ``int8``: how many calibration images the converter sees.
+        validation: ``int8``: a directory or glob of held-out images to verify on; default
+            a share of the calibration files, which then never calibrate.
+        io: ``int8``: ``float32``, ``uint8`` or ``int8`` input and output; the input's scale
+            and zero point go to the sidecar, with an example of feeding pixels.
+        min_agreement: ``int8`` classifiers: the least top-1 agreement with the SavedModel
+            on the validation images.
+        min_cosine: ``int8`` feature vectors: the least mean cosine similarity.
+        require_full_integer: ``int8``: refuse if any op stayed float.
 
     Returns:
         The conversion, with the verification figures (``summary()`` prints them).
@@ -166,29 +192,48 @@ def convert(
         raise ExportError(f"Unknown quantize {quantize!r}; known: {', '.join(QUANTIZATIONS)}.")
     if to == "onnx" and quantize != "none":
         raise ExportError(f"Expected quantize=none for ONNX. Received: quantize={quantize!r}.")
+    settings = int8.Settings(
+        calibration, calibration_steps, validation, io, min_agreement, min_cosine,
+        require_full_integer,
+    )  # fmt: skip
+    settings.check(quantize)
     fixed = parse_size(size)
     out = Path(os.path.abspath(os.path.expanduser(out)))
     export = Path(os.path.abspath(os.path.expanduser(export)))
     sidecar = out.with_name(out.name + ".json")
-    _check_out(out, sidecar, export, overwrite)
+    report = out.with_name(out.name + ".report.md")  # int8's short report.
+    _check_out(out, sidecar, export, overwrite, *([report] if quantize == "int8" else []))
     runtime = _Runtime.for_target(to)
     source = _Source(export, fixed, allow_unsafe_ops)
+    quantized = int8.Job(source, settings) if quantize == "int8" else None
     with stage(f"convert {source.path.name} to {to} (quantize={quantize})"):
-        content = runtime.convert(source, quantize)
-    temporaries, created = [], []
+        content = runtime.convert(source, quantize, quantized)
+    if quantized is not None:
+        quantized.check_ops(content)
+    temporaries, created, finals = [], [], [out, sidecar]
     try:
         created = _make_parents(out.parent)
         model_tmp = siblings.file(out, content)
         temporaries.append(model_tmp)
         with stage(f"verify in {runtime.name}"):
-            checks = _verify(runtime, model_tmp, source, BOUNDS[quantize])
+            if quantized is None:
+                checks = _verify(runtime, model_tmp, source, BOUNDS[quantize])
+            else:
+                checks = quantized.verify(model_tmp)
         warning = INPUT_CHECKS_WARNING.format(
             runtime=runtime.name, requirement=source.requirement, sidecar=sidecar.name
         )
+        if quantized is not None:
+            warning = quantized.warning(warning)
         facts = _sidecar(source, runtime, quantize, checks, warning)
+        if quantized is not None:
+            facts = quantized.sidecar(facts, out)
+            finals.append(report)
         temporaries.append(siblings.file(sidecar, (json.dumps(facts, indent=2) + "\n").encode()))
-        os.replace(temporaries[0], out)
-        os.replace(temporaries[1], sidecar)
+        if quantized is not None:
+            temporaries.append(siblings.file(report, quantized.report(out, facts).encode()))
+        for temporary, final in zip(temporaries, finals, strict=True):
+            os.replace(temporary, final)
         created = []  # Written: the folders made for it stay.
     finally:
         for path in temporaries:
@@ -198,14 +243,15 @@ def convert(
             with contextlib.suppress(OSError):
                 directory.rmdir()
     return Conversion(
-        out, sidecar, to, quantize, len(content), BOUNDS[quantize], tuple(checks), warning
-    )
+        out, sidecar, to, quantize, len(content), BOUNDS.get(quantize), tuple(checks), warning,
+        None if quantized is None else quantized.summary(facts),
+    )  # fmt: skip
 
 
-def _check_out(out: Path, sidecar: Path, export: Path, overwrite: bool) -> None:
+def _check_out(out: Path, sidecar: Path, export: Path, overwrite: bool, *others: Path) -> None:
     """Refuse an ``out`` that is a directory, exists (without ``overwrite``), lies under a
     file, or lies inside a SavedModel: the source's files, or any other's, are never replaced."""
-    for path in (out, sidecar):
+    for path in (out, sidecar, *others):
         if path.is_dir():
             raise ExportError(f"Expected out to be a file path. Received a directory: out={path}.")
         if path.exists() and not overwrite:
@@ -399,7 +445,7 @@ def _sidecar(source: _Source, runtime, quantize: str, checks, warning: str) -> d
         "labels": labels,
         "verification": {
             "reference": "the SavedModel's __call__(images, training=False)",
-            "bound": dataclasses.asdict(BOUNDS[quantize]),
+            "bound": dataclasses.asdict(BOUNDS[quantize]) if quantize in BOUNDS else None,
             "checks": [dataclasses.asdict(check) for check in checks],
         },
     }
@@ -435,7 +481,7 @@ class _LiteRT(_Runtime):
     def __init__(self):
         self.interpreter = _require("ai_edge_litert.interpreter", "litert").Interpreter
 
-    def convert(self, source: _Source, quantize: str) -> bytes:
+    def convert(self, source: _Source, quantize: str, quantized: int8.Job | None = None) -> bytes:
         # From the object already loaded (and scanned), never from the directory again:
         # from_saved_model would read the files a second time, unscanned.
         converter = tf.lite.TFLiteConverter.from_concrete_functions(
@@ -445,10 +491,17 @@ class _LiteRT(_Runtime):
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
         if quantize == "float16":
             converter.target_spec.supported_types = [tf.float16]
+        if quantized is not None:
+            quantized.configure(converter)
         try:
-            return converter.convert()
+            content = converter.convert()
         except Exception as error:
+            if quantized is not None:  # First: no calibration image decoded, in one line.
+                quantized.converted()
             raise ExportError(f"LiteRT conversion failed: {_first_line(error)}") from error
+        if quantized is not None:
+            quantized.converted()
+        return content
 
     def load(self, path: Path, input_name: str):
         interpreter = self.interpreter(model_path=str(path))
@@ -469,7 +522,7 @@ class _ONNX(_Runtime):
         self.onnxruntime = _require("onnxruntime", "onnx")
         self.numpy_helper = _require("onnx.numpy_helper", "onnx")
 
-    def convert(self, source: _Source, quantize: str) -> bytes:
+    def convert(self, source: _Source, quantize: str, quantized=None) -> bytes:
         function = source.function()
         try:
             proto, _ = self.tf2onnx.convert.from_function(

@@ -141,10 +141,7 @@ def decode_image(
         image_files.ImageFileError: If the header declares more than ``max_pixels``.
         tf.errors.InvalidArgumentError: If ``data`` is not a decodable image.
     """
-    image_files.check_pixels(data, max_pixels)
-    image = tf.io.decode_image(data, channels=3, expand_animations=False)
-    image = tf.image.convert_image_dtype(image, tf.float32)
-    return tf.image.resize(image, [image_size, image_size]).numpy()
+    return image_files.decode(data, image_size, max_pixels)  # Shared with convert.
 
 
 def _reason(error: Exception) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import struct
 from pathlib import Path
 
+import numpy as np
 import tensorflow as tf
 
 from exporter import choices
@@ -81,6 +82,23 @@ def check_pixels(data: bytes, max_pixels: int) -> None:
             f"Expected at most max_pixels={max_pixels} pixels. Received a {kind} of "
             f"{width}x{height} ({width * height} pixels), refused before decoding."
         )
+
+
+def decode(data: bytes, image_size: int | tuple[int, int], max_pixels: int) -> np.ndarray:
+    """Decode one encoded image and resize it bilinearly: what ``embed`` does to each file.
+
+    ``image_size`` is a side (a square) or ``(height, width)``. Returns float32
+    ``[height, width, 3]`` RGB in ``[0, 1]`` (the aspect ratio is not kept; no crop).
+
+    Raises:
+        ImageFileError: If the header declares more than ``max_pixels``.
+        tf.errors.InvalidArgumentError: If ``data`` is not a decodable image.
+    """
+    check_pixels(data, max_pixels)
+    size = [image_size, image_size] if isinstance(image_size, int) else list(image_size)
+    image = tf.io.decode_image(data, channels=3, expand_animations=False)
+    image = tf.image.convert_image_dtype(image, tf.float32)
+    return tf.image.resize(image, size).numpy()
 
 
 def dimensions(data: bytes) -> tuple[str, int, int] | None:

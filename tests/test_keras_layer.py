@@ -261,11 +261,12 @@ def test_unsafe_ops_are_refused_unless_allowed(tiny, tmp_path):
         exporter.KerasLayer(unsafe)
     assert exporter.KerasLayer(unsafe, allow_unsafe_ops=True)(tf.ones([1, 8, 8, 3])).shape == (1, 3)
 
-    # Outside safe mode it loads (allow_unsafe_ops stays False in the config); a .keras
-    # file holding it then loads only with safe_mode=False.
-    with SafeModeScope(False):
-        layer = exporter.KerasLayer(unsafe)
-    assert layer.get_config()["allow_unsafe_ops"] is False
+    # Keras' unsafe mode (safe_mode=False, or keras.config.enable_unsafe_deserialization(),
+    # the same switch) grants nothing by itself: only the argument does (issue 32). A .keras
+    # file's own allow_unsafe_ops=True counts only when it is loaded with safe_mode=False.
+    with SafeModeScope(False), pytest.raises(UnsafeSavedModelError, match="PrintV2"):
+        exporter.KerasLayer(unsafe)
+    layer = exporter.KerasLayer(unsafe, allow_unsafe_ops=True)
     model = keras.Sequential([keras.Input((8, 8, 3)), layer])
     model.save(tmp_path / "model.keras")
     # Keras 3.15 re-raises a layer's from_config error as a TypeError quoting it.

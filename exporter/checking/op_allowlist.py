@@ -4,9 +4,11 @@ This is an allowlist. ``unsafe_ops.scan`` refuses a SavedModel if any op in any 
 function is missing here, so an op TensorFlow adds in a later release is refused until
 someone reads what it does and adds it with a reason (docs/checking.md: "Keeping the list").
 
-``PURE``: ops of TensorFlow 2.21's array, math, nn, image, stateless-random, string,
-tensor-list and control-flow op libraries (the ``gen_*_ops`` modules named beside each
-family) that its registry does not mark stateful, less those that reach outside the
+``PURE``: ops of TensorFlow 2.21's array (``gen_array_ops``, ``gen_manip_ops``), math
+(``gen_math_ops``, ``gen_bitwise_ops``, ``gen_special_math_ops``, ``gen_linalg_ops``,
+``gen_spectral_ops``), nn, image, stateless-random, string (and ``StringToNumber``),
+tensor-list and control-flow (``gen_control_flow_ops``, ``gen_functional_ops``) op
+libraries that its registry does not mark stateful, less those that reach outside the
 process or carry a program: ``ImmutableConst`` (maps a file into memory), ``Abort`` (kills
 the process), ``RemoteCall`` (runs a function on another device or host), ``For``,
 ``FakeParam``, ``DeviceIndex`` and ``SymbolicGradient`` (no model of ours or of the anchors
@@ -164,6 +166,7 @@ PURE: dict[str, frozenset[str]] = {
     ),
     "string": frozenset(
         {
+            "StringToNumber",  # gen_parsing_ops: parses numbers out of strings.
             "AsString", "DecodeBase64", "EncodeBase64", "ReduceJoin", "RegexFullMatch",
             "RegexReplace", "StaticRegexFullMatch", "StaticRegexReplace", "StringFormat",
             "StringJoin", "StringLength", "StringLower", "StringNGrams", "StringSplit",

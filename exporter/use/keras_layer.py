@@ -37,7 +37,7 @@ import tensorflow as tf
 from keras.src.saving import serialization_lib
 
 from exporter.checking import savedmodel
-from exporter.errors import UnsafeOpsError
+from exporter.errors import Error, UnsafeOpsError
 
 logger = logging.getLogger(__name__)
 
@@ -216,6 +216,17 @@ def _check_output_arguments(signature, output_key, as_dict) -> None:
 
 
 @keras.saving.register_keras_serializable(package="exporter")
+def _check_backend() -> None:
+    """Refuse other Keras backends: the layer's weights are the SavedModel's tf.Variables."""
+    backend = keras.backend.backend()
+    if backend != "tensorflow":
+        raise Error(
+            "exporter.KerasLayer needs the TensorFlow backend (KERAS_BACKEND=tensorflow); "
+            f"received {backend}. On {backend}, export a model with exporter.export_* (any "
+            "backend); load an export with tf.saved_model.load(path) outside the model."
+        )
+
+
 class KerasLayer(keras.layers.Layer):
     """Wrap a reusable SavedModel as a Keras 3 layer that can be fine-tuned.
 
@@ -267,6 +278,7 @@ class KerasLayer(keras.layers.Layer):
 
     Raises:
         FileNotFoundError: If ``handle`` does not exist.
+        Error: On a Keras backend other than TensorFlow (JAX, PyTorch).
         ValueError: If ``handle`` is not a SavedModel, or has no ``__call__`` (without
             ``signature``), or ``signature``, ``output_key``, ``tags`` or an argument is
             unknown, or the ``signature`` / ``output_key`` / ``signature_outputs_as_dict``
@@ -297,6 +309,7 @@ class KerasLayer(keras.layers.Layer):
         load_options: tf.saved_model.LoadOptions | None = None,
         **kwargs,
     ):
+        _check_backend()
         _check_output_arguments(signature, output_key, signature_outputs_as_dict)
         if load_options is not None and not isinstance(load_options, tf.saved_model.LoadOptions):
             raise TypeError(

@@ -63,7 +63,8 @@ def mobilenet(out: Path) -> None:
     )
     RESULTS["mobilenet_export_s"] = round(time.perf_counter() - started, 1)
     after = [keras.ops.convert_to_numpy(v) for v in model.weights]
-    RESULTS["mobilenet_untouched"] = all(np.array_equal(a, b) for a, b in zip(before, after))
+    unchanged = [np.array_equal(a, b) for a, b in zip(before, after, strict=True)]
+    RESULTS["mobilenet_untouched"] = all(unchanged)
     loaded = _load(path)
     for size in (48, 64):
         x = images(2, size, size)

@@ -58,9 +58,8 @@ def test_an_in_memory_model_exports_from_a_backend(backend, tmp_path):
     assert results["mobilenet_untouched"] and results["mobilenet_trains_again"]
     assert results["mobilenet_check"]
     assert results["mobilenet_origin"] == {"backend": backend, "version": keras.__version__}
-    assert f"came from Keras {keras.__version__} on the {backend} backend" in (
-        results["mobilenet_card"]
-    )
+    came_from = f"came from Keras {keras.__version__} on the {backend} backend"
+    assert came_from in results["mobilenet_card"]
     assert results["keras_layer"].startswith(
         f"exporter.KerasLayer needs the TensorFlow backend (KERAS_BACKEND=tensorflow); "
         f"received {backend}."
@@ -138,3 +137,21 @@ def test_what_cannot_cross_is_refused_in_one_line_before_anything_is_written(tmp
     assert "in-memory Keras model" in str(error.value)
     assert not (tmp_path / "out").exists()
     assert np.isfinite(lambda_model(random_images(1, 8))).all()
+
+
+def test_on_tensorflow_a_keras_hub_backbone_exports_with_its_converter(tmp_path):
+    """Through a preset folder in this process, as ``save_to_preset`` would export it."""
+    import keras_hub
+    from keras_hub_configs import SIZE, make_backbone
+
+    backbone = make_backbone("ViT")
+    converter = keras_hub.layers.ViTImageConverter(
+        image_size=(SIZE, SIZE), scale=1 / 127.5, offset=-1.0
+    )
+    path = exporter.export_feature_vector(backbone, tmp_path / "fv", preprocessing=converter)
+    metadata = json.loads((path / "assets.extra" / "metadata.json").read_text())
+    assert metadata["preprocessing"]["mode"] == "affine"
+    np.testing.assert_allclose(metadata["preprocessing"]["offset"], [-1.0])
+    assert metadata["input"]["fixed_size"] and metadata["pooling"] == "token"
+    assert metadata["backbone"]["source"].startswith("in-memory keras-hub")
+    assert tf.saved_model.load(str(path))(random_images(2, SIZE)).shape == (2, 16)

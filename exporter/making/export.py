@@ -145,6 +145,23 @@ def export_classifier(
     out = check_destination(out, overwrite)
     if not in_memory.kind(backbone):
         backbone = _resolved(backbone)
+    labels = _checked_head(backbone, num_classes, labels, dropout_rate)
+    _check_serving(serving_inputs, compute_dtype)
+    arguments = dict(
+        weights=weights, num_classes=num_classes, labels=labels, weight_decay=weight_decay,
+        dropout_rate=dropout_rate, compute_dtype=compute_dtype, preprocessing=preprocessing,
+        native_size=native_size, min_size=min_size,
+    )  # fmt: skip
+    saving = dict(overwrite=overwrite, serving_inputs=serving_inputs, serving_size=serving_size)
+    if in_memory.kind(backbone):
+        return in_memory.export("classifier", backbone, out, arguments, saving)
+    # Only the list holds the module: the export frees it before the reload.
+    owned = [build_classifier(backbone, **arguments)]
+    return save_owned(owned, out, **saving)
+
+
+def _checked_head(backbone, num_classes, labels, dropout_rate) -> list[str] | None:
+    """The labels (read from their file); refuse a bad ``num_classes`` or ``dropout_rate``."""
     if num_classes is not None and (not isinstance(num_classes, int) or num_classes < 1):
         raise ExportError(f"Expected num_classes to be a positive int. Received: {num_classes!r}.")
     if labels is not None and not isinstance(labels, list):
@@ -158,22 +175,4 @@ def export_classifier(
             )
     if dropout_rate is not None and not 0.0 <= dropout_rate < 1.0:
         raise ExportError(f"Expected dropout_rate in [0, 1). Received: {dropout_rate!r}.")
-    _check_serving(serving_inputs, compute_dtype)
-    if in_memory.kind(backbone):
-        return in_memory.export(
-            "classifier", backbone, out,
-            dict(weights=weights, num_classes=num_classes, labels=labels,
-                 weight_decay=weight_decay, dropout_rate=dropout_rate,
-                 compute_dtype=compute_dtype, preprocessing=preprocessing,
-                 native_size=native_size, min_size=min_size),
-            dict(overwrite=overwrite, serving_inputs=serving_inputs, serving_size=serving_size),
-        )  # fmt: skip
-    # Only the list holds the module: the export frees it before the reload.
-    owned = [build_classifier(
-        backbone, weights=weights, num_classes=num_classes, labels=labels,
-        weight_decay=weight_decay, dropout_rate=dropout_rate, compute_dtype=compute_dtype,
-        preprocessing=preprocessing, native_size=native_size, min_size=min_size,
-    )]  # fmt: skip
-    return save_owned(
-        owned, out, overwrite=overwrite, serving_inputs=serving_inputs, serving_size=serving_size
-    )
+    return labels

@@ -259,7 +259,9 @@ def model_module(
     """The ``task`` module of an in-memory Keras model, wrapped as it is (TensorFlow only)."""
     del weights, compute_dtype  # Its own weights, float32: checked by the caller.
     facts = model_facts(model, IN_MEMORY, described, preprocessing, native_size, min_size, pooling)
-    facts.update(source=described, name=model.name, weights=OWN_WEIGHTS)
+    # Named after the model (its backbone_name by default): a tf.Module name must be an
+    # identifier, and Keras names such as "mobilenetv2_1.00_None" are not.
+    facts.update(source=described, weights=OWN_WEIGHTS)
     if task == "feature_vector":
         add_weight_decay([model], weight_decay)
         return FeatureVectorModule(model, **facts)

@@ -31,7 +31,7 @@ from pathlib import Path
 import keras
 
 from exporter.errors import ExportError, first_line
-from exporter.making import external, presets
+from exporter.making import external, presets, rebuild
 from exporter.making.save import save_owned
 from exporter.progress import stage
 
@@ -136,18 +136,19 @@ def _private_copy(source: str, backbone, folder: Path, preprocessing) -> Path:
     """Save ``backbone`` into ``folder``: a ``.keras`` file, or a keras-hub preset folder
     (with ``preprocessing`` beside a backbone when it is a keras-hub ImageConverter)."""
     with stage(f"save {describe(backbone)} to a private copy"):
-        if source == PLAIN:
-            path = folder / f"model{external.KERAS_SUFFIX}"
-            backbone.save(path)
-            return path
-        path = folder / "preset"
+        plain = source == PLAIN
+        path = folder / (f"model{external.KERAS_SUFFIX}" if plain else "preset")
         try:
-            backbone.save_to_preset(str(path))
+            if plain:
+                backbone.save(path)
+            else:
+                backbone.save_to_preset(str(path))
             if _is_converter(preprocessing):
                 preprocessing.save_to_preset(str(path))
         except Exception as error:
             raise ExportError(
-                f"Could not save {describe(backbone)} as a keras-hub preset: {first_line(error)}"
+                f"Could not save {describe(backbone)} to rebuild it under TensorFlow: "
+                f"{first_line(error)}. Nothing was written."
             ) from error
         return path
 
@@ -157,9 +158,12 @@ def _is_converter(value) -> bool:
 
 
 def _plain_mode(preprocessing):
-    """``preprocessing`` as the child takes it: a mode name, ``SCALE,OFFSET``, or None."""
-    if preprocessing is None or _is_converter(preprocessing) or isinstance(preprocessing, str):
-        return None if _is_converter(preprocessing) else preprocessing
+    """``preprocessing`` as the child takes it: a mode name, ``SCALE,OFFSET``, or None (a
+    converter is saved beside the preset)."""
+    if preprocessing is None or _is_converter(preprocessing):
+        return None
+    if isinstance(preprocessing, str):
+        return preprocessing
     scale = ":".join(repr(v) for v in preprocessing.scale)
     offset = ":".join(repr(v) for v in preprocessing.offset)
     return f"{scale},{offset}"
@@ -197,13 +201,10 @@ def export(task: str, backbone, out: Path, arguments: dict, saving: dict) -> Pat
         request = dict(
             task=task, path=str(path), out=str(out), saving=saving,
             arguments={**arguments, "preprocessing": _plain_mode(preprocessing)},
-            facts=dict(name=backbone.name, source=describe(backbone),
-                       replaced=str(path)),
+            facts=dict(name=backbone.name, source=describe(backbone)),
             origin=origin(), modules=modules,
         )  # fmt: skip
         if backend == TENSORFLOW:  # A keras-hub model: its preset folder, in this process.
-            from exporter.making import rebuild
-
             return rebuild.run(request)
         return _run_child(request, Path(scratch))
 

@@ -76,11 +76,24 @@ def mobilenet(out: Path) -> None:
     RESULTS["mobilenet_origin"] = metadata["backbone"]["keras"]
     card = (Path(path) / "assets.extra" / "model_card.md").read_text()
     RESULTS["mobilenet_card"] = card.split("\n")[3]
-    try:
-        exporter.KerasLayer(path)
-        RESULTS["keras_layer"] = "built"
-    except exporter.Error as error:
-        RESULTS["keras_layer"] = str(error)
+    keras_layer(path, loaded)
+
+
+def keras_layer(path, loaded) -> None:
+    """JAX: frozen inference in a model, eagerly and under jit (predict, fit of a head)."""
+    for trainable in (True, False):
+        try:
+            layer = exporter.KerasLayer(path, trainable=trainable)
+        except exporter.Error as error:
+            RESULTS[f"keras_layer_{'trainable' if trainable else 'frozen'}"] = str(error)
+            continue
+        x = images(3, 48, 7)
+        model = keras.Sequential([keras.Input((48, 48, 3)), layer, keras.layers.Dense(2)])
+        model.compile(optimizer="sgd", loss="mse")
+        model.fit(x, np.zeros((3, 2)), epochs=1, verbose=0)  # The head only.
+        features = keras.Model(model.inputs, layer.output)
+        RESULTS["keras_layer_eager"] = _gap(layer(x), loaded(x))
+        RESULTS["keras_layer_jit"] = _gap(features.predict(x, verbose=0), loaded(x))
 
 
 def vit(out: Path) -> None:

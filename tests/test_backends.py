@@ -60,10 +60,15 @@ def test_an_in_memory_model_exports_from_a_backend(backend, tmp_path):
     assert results["mobilenet_origin"] == {"backend": backend, "version": keras.__version__}
     came_from = f"came from Keras {keras.__version__} on the {backend} backend"
     assert came_from in results["mobilenet_card"]
-    assert results["keras_layer"].startswith(
-        f"exporter.KerasLayer needs the TensorFlow backend (KERAS_BACKEND=tensorflow); "
-        f"received {backend}."
-    )
+    if backend == "jax":  # Frozen inference, numbers as TensorFlow's; no fine-tuning.
+        assert results["keras_layer_eager"]["gap"] == results["keras_layer_jit"]["gap"] == 0
+        assert "on jax it runs frozen: pass trainable=False" in results["keras_layer_trainable"]
+    else:
+        assert results["keras_layer_trainable"] == results["keras_layer_frozen"]
+        assert results["keras_layer_frozen"].startswith(
+            "exporter.KerasLayer needs the TensorFlow backend (KERAS_BACKEND=tensorflow), or "
+            f"jax for frozen inference; received {backend}."
+        )
     # A registered custom layer crosses; an unregistered one is refused, nothing written.
     _close(results["custom"], "registered custom layer")
     assert "layer 'doubling' (Unregistered) is not registered" in results["refused"]

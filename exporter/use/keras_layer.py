@@ -17,6 +17,9 @@ the layer is trainable (toggling ``trainable`` shows at once); ``resolved_object
 ``load_options``; and hub's argument checks. What still differs, and why, is in
 ``docs/consuming.md`` ("Migrating from ``hub.KerasLayer``").
 
+On the JAX backend it runs frozen (``trainable=False``): the TensorFlow function is called on
+the host (``jax.pure_callback``); fine-tuning needs the TensorFlow backend.
+
 Migrating from tensorflow_hub means changing one import::
 
     layer = exporter.KerasLayer(path, trainable=True)  # was: hub.KerasLayer(path, ...)

@@ -218,7 +218,6 @@ def _check_output_arguments(signature, output_key, as_dict) -> None:
         )
 
 
-@keras.saving.register_keras_serializable(package="exporter")
 def _check_backend(trainable: bool) -> None:
     """Refuse what other backends cannot do: the weights are the SavedModel's tf.Variables,
     which only TensorFlow trains; JAX runs the layer frozen (``_call_on_host``)."""
@@ -238,6 +237,7 @@ def _check_backend(trainable: bool) -> None:
     )
 
 
+@keras.saving.register_keras_serializable(package="exporter")
 class KerasLayer(keras.layers.Layer):
     """Wrap a reusable SavedModel as a Keras 3 layer that can be fine-tuned.
 

@@ -107,10 +107,52 @@ _EXPORT_ENV = {"TF_ENABLE_ONEDNN_OPTS": "0"}
 
 
 def export_cli_environment() -> None:
-    """In an export CLI, before TensorFlow loads: its CPU kernels without oneDNN."""
+    """In any of our CLIs, before Keras loads: the TensorFlow backend (``cli_backend``); in
+    an export CLI, before TensorFlow loads: its CPU kernels without oneDNN."""
+    cli_backend()
     if "tensorflow" not in sys.modules and running_cli(modules=_EXPORT_CLIS):
         for name, value in _EXPORT_ENV.items():
             os.environ.setdefault(name, value)
+
+
+# What our commands run Keras on: they build, load and check TensorFlow graphs.
+CLI_BACKEND = "tensorflow"
+
+
+def cli_backend(environ=None, argv: list[str] | None = None) -> str | None:
+    """In ``python -m exporter.<command>``, before Keras loads: run Keras on TensorFlow.
+
+    A ``KERAS_BACKEND`` (or ``keras.json`` backend) that asks for another is set aside,
+    said once on standard error; a model exported from a JAX or PyTorch process needs
+    nothing of it (``.keras`` files and keras-hub presets load on any backend).
+
+    Returns:
+        The other backend the user's environment asked for, or None.
+    """
+    environ = os.environ if environ is None else environ
+    if "keras" in sys.modules or not running_cli(argv):
+        return None
+    asked = environ.get("KERAS_BACKEND") or _keras_json_backend(environ)
+    environ["KERAS_BACKEND"] = CLI_BACKEND
+    if not asked or asked == CLI_BACKEND:
+        return None
+    sys.stderr.write(
+        f"note: KERAS_BACKEND={asked} set aside: exporter's commands run Keras on "
+        f"{CLI_BACKEND} (a SavedModel is a TensorFlow graph).\n"
+    )
+    return asked
+
+
+def _keras_json_backend(environ) -> str | None:
+    """The backend ``$KERAS_HOME/keras.json`` (or ``~/.keras/keras.json``) names, if any."""
+    import json
+
+    home = environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+    try:
+        with open(os.path.join(home, "keras.json"), encoding="utf-8") as file:
+            return json.load(file).get("backend")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def verbose(argv: list[str] | None = None) -> bool:

@@ -89,6 +89,8 @@ NOT_RUN = {
         "needs the int8 file of the block above; tests/test_quantize.py feeds uint8 pixels "
         "the same way"
     ),
+    'import os; os.environ["KERAS_BACKEND"] = "jax"  # before Keras is imported': "JAX may be"
+    " absent; tests/test_backends.py exports from JAX and PyTorch processes",
 }
 SYNOPSIS = re.compile(r"\[--|=[A-Z][A-Z_]*\b|\w\|\w")
 

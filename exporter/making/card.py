@@ -53,6 +53,7 @@ def metadata(
             "name": module.backbone_name,
             "source": module.source,
             "weights": module.weights,
+            "keras": model_origin(module),
         },
         "num_features": module.num_features,
         "num_classes": module.num_classes if classifier else None,
@@ -117,6 +118,13 @@ def metadata(
         "compute": compute_facts(compute),
         "fingerprint": fingerprint,
     }
+
+
+def model_origin(module) -> dict:
+    """The Keras backend and version the model came from: an in-memory model's own process
+    (``exporter.making.in_memory``), else this one, which built it."""
+    origin = getattr(module, "keras_origin", None)
+    return dict(origin or {"backend": keras.backend.backend(), "version": keras.__version__})
 
 
 def compute_facts(compute) -> dict:
@@ -195,7 +203,8 @@ def card(facts: dict) -> str:
         f"# {facts['backbone']['name']}: {task}",
         "",
         f"- **Task**: {task}.",
-        f"- **Backbone**: {facts['backbone']['name']}, from {facts['backbone']['source']}.",
+        f"- **Backbone**: {facts['backbone']['name']}, from {facts['backbone']['source']}"
+        f"{_origin_words(facts['backbone'].get('keras'))}.",
         *_weights_lines(facts["backbone"].get("weights")),
         f"- **Input**: float32 [batch, height, width, 3], RGB in [0, 1]; height and width {sizes}.",
         f"- **Preprocessing inside**: {facts['preprocessing']['description']} "
@@ -234,6 +243,12 @@ def card(facts: dict) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _origin_words(origin: dict | None) -> str:
+    if not origin:
+        return ""
+    return f"; the model came from Keras {origin['version']} on the {origin['backend']} backend"
 
 
 def _serving_lines(serving: dict) -> list[str]:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import keras
+
 from exporter.checking import files
 from exporter.console import native_logs_filtered
 from exporter.errors import ArgumentError, ExportError
-from exporter.making import external, precision, registry, serving
+from exporter.making import external, in_memory, precision, registry, serving
 from exporter.making.build import build_classifier, build_feature_vector
 from exporter.making.preprocessing import Mode
 from exporter.making.save import check_destination, save_owned
@@ -43,7 +45,7 @@ def read_labels(path: str | os.PathLike) -> list[str]:
 
 @native_logs_filtered  # See exporter.console.
 def export_feature_vector(
-    backbone: str | os.PathLike,
+    backbone: str | os.PathLike | keras.Model,
     out: str | os.PathLike,
     *,
     weights: str | os.PathLike | None = "imagenet",
@@ -59,15 +61,26 @@ def export_feature_vector(
 ) -> Path:
     """Export a backbone as an image feature vector SavedModel.
 
-    ``backbone`` is a registered name, a keras-hub preset (folder or handle) or a
-    ``.keras`` file. ``serving_inputs`` and ``serving_size`` are ``exporter.save``'s; the
-    other arguments are ``build_feature_vector``'s.
+    ``backbone`` is a registered name, a keras-hub preset (folder or handle), a ``.keras``
+    file, or an in-memory ``keras.Model`` on any backend (a keras-hub ``ImageClassifier`` or
+    ``Backbone`` too; ``exporter.making.in_memory``). ``serving_inputs`` and
+    ``serving_size`` are ``exporter.save``'s; the other arguments are
+    ``build_feature_vector``'s (for an in-memory model, what a ``.keras`` file's are).
 
     Example:
         >>> export_feature_vector("mobilenet_v2", "/tmp/fv", weights="none")
         PosixPath('/tmp/fv')
     """
-    check_destination(out, overwrite)
+    out = check_destination(out, overwrite)
+    if in_memory.kind(backbone):
+        _check_serving(None, serving_inputs, serving_size, compute_dtype)
+        return in_memory.export(
+            "feature_vector", backbone, out,
+            dict(weights=weights, pooling=pooling, weight_decay=weight_decay,
+                 compute_dtype=compute_dtype, preprocessing=preprocessing,
+                 native_size=native_size, min_size=min_size),
+            dict(overwrite=overwrite, serving_inputs=serving_inputs, serving_size=serving_size),
+        )  # fmt: skip
     backbone = _resolved(backbone)  # Resolved once; a fact sheet is passed on.
     if isinstance(backbone, registry.Backbone):
         backbone.check_pooling(pooling)
@@ -81,24 +94,6 @@ def export_feature_vector(
     return save_owned(
         owned, out, overwrite=overwrite, serving_inputs=serving_inputs, serving_size=serving_size
     )
-
-
-def _checked_labels(backbone, num_classes, labels) -> list[str] | None:
-    """``labels`` as a list, once ``num_classes`` and their count are known to fit."""
-    if num_classes is not None and (not isinstance(num_classes, int) or num_classes < 1):
-        raise ArgumentError(
-            f"Expected num_classes to be a positive int. Received: {num_classes!r}."
-        )
-    if labels is not None and not isinstance(labels, list):
-        labels = read_labels(labels)
-    if isinstance(backbone, registry.Backbone):
-        expected = num_classes or backbone.num_classes
-        if labels is not None and len(labels) != expected:
-            raise ArgumentError(
-                f"Expected one label per class ({expected} for {backbone.name}). "
-                f"Received {len(labels)} labels."
-            )
-    return labels
 
 
 def _resolved(backbone):
@@ -120,7 +115,7 @@ def _check_serving(backbone, serving_inputs, serving_size, compute_dtype: str) -
 
 @native_logs_filtered  # See exporter.console.
 def export_classifier(
-    backbone: str | os.PathLike,
+    backbone: str | os.PathLike | keras.Model,
     out: str | os.PathLike,
     *,
     weights: str | os.PathLike | None = "imagenet",
@@ -138,9 +133,9 @@ def export_classifier(
 ) -> Path:
     """Export a backbone as an image classification SavedModel (logits).
 
-    ``backbone`` is a registered name, a keras-hub preset or a ``.keras`` file
-    (``build_classifier`` says what each gives); ``preprocessing``, ``native_size`` and
-    ``min_size`` are ``build_classifier``'s.
+    ``backbone`` is a registered name, a keras-hub preset, a ``.keras`` file or an in-memory
+    model (``build_classifier`` and ``export_feature_vector`` say what each gives);
+    ``preprocessing``, ``native_size`` and ``min_size`` are ``build_classifier``'s.
 
     Args:
         labels: A list of class names, or the path of a file with one per line.
@@ -154,18 +149,39 @@ def export_classifier(
         >>> export_classifier("mobilenet_v2", "/tmp/cls", weights="none", num_classes=5)
         PosixPath('/tmp/cls')
     """
-    check_destination(out, overwrite)
-    backbone = _resolved(backbone)
-    labels = _checked_labels(backbone, num_classes, labels)
+    out = check_destination(out, overwrite)
+    if not in_memory.kind(backbone):
+        backbone = _resolved(backbone)
+    labels = _checked_head(backbone, num_classes, labels, dropout_rate)
+    _check_serving(backbone, serving_inputs, serving_size, compute_dtype)
+    arguments = dict(
+        weights=weights, num_classes=num_classes, labels=labels, weight_decay=weight_decay,
+        dropout_rate=dropout_rate, compute_dtype=compute_dtype, preprocessing=preprocessing,
+        native_size=native_size, min_size=min_size,
+    )  # fmt: skip
+    saving = dict(overwrite=overwrite, serving_inputs=serving_inputs, serving_size=serving_size)
+    if in_memory.kind(backbone):
+        return in_memory.export("classifier", backbone, out, arguments, saving)
+    # Only the list holds the module: the export frees it before the reload.
+    owned = [build_classifier(backbone, **arguments)]
+    return save_owned(owned, out, **saving)
+
+
+def _checked_head(backbone, num_classes, labels, dropout_rate) -> list[str] | None:
+    """The labels (read from their file); refuse a bad ``num_classes`` or ``dropout_rate``."""
+    if num_classes is not None and (not isinstance(num_classes, int) or num_classes < 1):
+        raise ArgumentError(
+            f"Expected num_classes to be a positive int. Received: {num_classes!r}."
+        )
+    if labels is not None and not isinstance(labels, list):
+        labels = read_labels(labels)
+    if isinstance(backbone, registry.Backbone):
+        expected = num_classes or backbone.num_classes
+        if labels is not None and len(labels) != expected:
+            raise ArgumentError(
+                f"Expected one label per class ({expected} for {backbone.name}). "
+                f"Received {len(labels)} labels."
+            )
     if dropout_rate is not None and not 0.0 <= dropout_rate < 1.0:
         raise ArgumentError(f"Expected dropout_rate in [0, 1). Received: {dropout_rate!r}.")
-    _check_serving(backbone, serving_inputs, serving_size, compute_dtype)
-    # Only the list holds the module: the export frees it before the reload.
-    owned = [build_classifier(
-        backbone, weights=weights, num_classes=num_classes, labels=labels,
-        weight_decay=weight_decay, dropout_rate=dropout_rate, compute_dtype=compute_dtype,
-        preprocessing=preprocessing, native_size=native_size, min_size=min_size,
-    )]  # fmt: skip
-    return save_owned(
-        owned, out, overwrite=overwrite, serving_inputs=serving_inputs, serving_size=serving_size
-    )
+    return labels

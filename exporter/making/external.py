@@ -24,6 +24,8 @@ REGISTERED, PRESET, KERAS_FILE = "registered", "preset", "keras_file"
 KERAS_SUFFIX = ".keras"
 DEFAULT_MIN_SIZE = 32
 PRESET_POOLINGS = choices.POOLINGS
+IN_MEMORY = "An in-memory Keras model"
+OWN_WEIGHTS = "the in-memory model's own"
 
 
 def kind(backbone) -> str:
@@ -223,8 +225,9 @@ def _output_shape(model) -> tuple | None:
     return tuple(outputs[0].shape) if len(outputs) == 1 else None
 
 
-def _file_pooling(model, path, pooling: str | None) -> str | None:
-    """``pooling`` if the ``.keras`` model takes it (None: the module's default).
+def _model_pooling(model, path, pooling: str | None) -> str | None:
+    """``pooling`` if the model (``path``: a .keras file, an in-memory model) takes it
+    (None: the module's default).
 
     A feature map ``[batch, h, w, c]`` is pooled globally (``avg`` or ``max``); features
     ``[batch, n]`` are used as they are, and then no pooling applies.
@@ -251,9 +254,11 @@ def _shape_text(shape: tuple) -> str:
     return "[" + ", ".join("batch" if i == 0 else str(d) for i, d in enumerate(shape)) + "]"
 
 
-def _file_facts(model, path, preprocessing, native_size, min_size, pooling) -> dict:
+def model_facts(model, what: str, received: str, preprocessing, native_size, min_size, pooling):
+    """The module's facts for a Keras model that does not say how its pixels are prepared
+    (``what``: a .keras file, an in-memory model); what is missing is an error."""
     size = static_input_size(model)
-    pooling = _file_pooling(model, path, pooling)
+    pooling = _model_pooling(model, received, pooling)
     missing = [
         name
         for name, value in (("preprocessing", preprocessing), ("native_size", native_size or size))
@@ -261,20 +266,49 @@ def _file_facts(model, path, preprocessing, native_size, min_size, pooling) -> d
     ]
     if missing:
         raise ExportError(
-            f"A .keras file does not say how its pixels are prepared or what size it was "
-            f"trained at: pass {' and '.join(f'{name}=...' for name in missing)} "
-            f"(preprocessing: a named mode, or SCALE,OFFSET on 0..255). Received a .keras "
-            f"file: {path}."
+            f"{what} does not say how its pixels are prepared or what size it was trained at: "
+            f"pass {' and '.join(f'{name}=...' for name in missing)} (preprocessing: a named "
+            f"mode, or SCALE,OFFSET on 0..255). Received {received}."
         )
     return dict(
         preprocessing=preprocessing,
         pooling=pooling,
         native_size=native_size or size,
         min_size=min_size or (size or DEFAULT_MIN_SIZE),
+    )
+
+
+def _file_facts(model, path, preprocessing, native_size, min_size, pooling) -> dict:
+    facts = model_facts(
+        model, "A .keras file", f"a .keras file: {path}", preprocessing, native_size, min_size,
+        pooling,
+    )  # fmt: skip
+    return dict(
+        facts,
         source=f"Keras file {Path(path).name} ({type(model).__name__})",
         name=Path(path).name.removesuffix(KERAS_SUFFIX),
         weights=f"file {Path(path).name}",
     )
+
+
+def model_module(
+    task: str, model, described: str, *, weights=None, num_classes=None, labels=None,
+    weight_decay=0.0, dropout_rate=None, pooling=None, preprocessing=None, native_size=None,
+    min_size=None, compute_dtype="float32",
+):  # fmt: skip
+    """The ``task`` module of an in-memory Keras model, wrapped as it is (TensorFlow only)."""
+    del weights, compute_dtype  # Its own weights, float32: checked by the caller.
+    facts = model_facts(model, IN_MEMORY, described, preprocessing, native_size, min_size, pooling)
+    # Named after the model (its backbone_name by default): a tf.Module name must be an
+    # identifier, and Keras names such as "mobilenetv2_1.00_None" are not.
+    facts.update(source=described, weights=OWN_WEIGHTS)
+    if task == "feature_vector":
+        add_weight_decay([model], weight_decay)
+        return FeatureVectorModule(model, **facts)
+    _check_labels(labels, num_classes, described)
+    head = new_head(num_classes, DEFAULT_DROPOUT if dropout_rate is None else dropout_rate)
+    add_weight_decay([model, head], weight_decay)
+    return ClassifierModule(model, head=head, labels=labels, **facts)
 
 
 def _file_weights(path, weights) -> None:

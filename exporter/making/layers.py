@@ -82,10 +82,17 @@ def regularization_losses(layers, keras_trainable, inner=()) -> list:
 
 
 def check_backbone(backbone) -> None:
-    """Raise TypeError unless ``backbone`` is a Keras 3 or tf-keras model."""
+    """Raise TypeError unless ``backbone`` is a Keras 3 (TensorFlow backend) or tf-keras model."""
     if not isinstance(backbone, keras.Model) and not is_tf_keras(backbone):
         raise TypeError(
             f"Expected a Keras 3 or tf-keras model as backbone. Received: {backbone!r}."
+        )
+    backend = keras.backend.backend()
+    if isinstance(backbone, keras.Model) and backend != "tensorflow":
+        raise TypeError(
+            f"A module wraps the model's tf.Variables: it needs the TensorFlow backend "
+            f"(KERAS_BACKEND=tensorflow); received {backend}. Use exporter.export_feature_vector"
+            f"(model, out, ...) or export_classifier: they rebuild it under TensorFlow."
         )
 
 

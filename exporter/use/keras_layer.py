@@ -17,6 +17,9 @@ the layer is trainable (toggling ``trainable`` shows at once); ``resolved_object
 ``load_options``; and hub's argument checks. What still differs, and why, is in
 ``docs/consuming.md`` ("Migrating from ``hub.KerasLayer``").
 
+On the JAX backend it runs frozen (``trainable=False``): the TensorFlow function is called on
+the host (``jax.pure_callback``); fine-tuning needs the TensorFlow backend.
+
 Migrating from tensorflow_hub means changing one import::
 
     layer = exporter.KerasLayer(path, trainable=True)  # was: hub.KerasLayer(path, ...)
@@ -37,7 +40,7 @@ import tensorflow as tf
 from keras.src.saving import serialization_lib
 
 from exporter.checking import savedmodel
-from exporter.errors import UnsafeOpsError
+from exporter.errors import Error, UnsafeOpsError
 
 logger = logging.getLogger(__name__)
 
@@ -215,6 +218,25 @@ def _check_output_arguments(signature, output_key, as_dict) -> None:
         )
 
 
+def _check_backend(trainable: bool) -> None:
+    """Refuse what other backends cannot do: the weights are the SavedModel's tf.Variables,
+    which only TensorFlow trains; JAX runs the layer frozen (``_call_on_host``)."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow" or (backend == "jax" and not trainable):
+        return
+    if backend == "jax":
+        raise Error(
+            "exporter.KerasLayer fine-tunes on the TensorFlow backend only "
+            "(KERAS_BACKEND=tensorflow); on jax it runs frozen: pass trainable=False. "
+            "Received trainable=True."
+        )
+    raise Error(
+        "exporter.KerasLayer needs the TensorFlow backend (KERAS_BACKEND=tensorflow), or jax "
+        f"for frozen inference; received {backend}. Load an export with "
+        "tf.saved_model.load(path) outside the model instead."
+    )
+
+
 @keras.saving.register_keras_serializable(package="exporter")
 class KerasLayer(keras.layers.Layer):
     """Wrap a reusable SavedModel as a Keras 3 layer that can be fine-tuned.
@@ -267,6 +289,7 @@ class KerasLayer(keras.layers.Layer):
 
     Raises:
         FileNotFoundError: If ``handle`` does not exist.
+        Error: On a Keras backend other than TensorFlow (JAX, PyTorch).
         ValueError: If ``handle`` is not a SavedModel, or has no ``__call__`` (without
             ``signature``), or ``signature``, ``output_key``, ``tags`` or an argument is
             unknown, or the ``signature`` / ``output_key`` / ``signature_outputs_as_dict``
@@ -297,6 +320,7 @@ class KerasLayer(keras.layers.Layer):
         load_options: tf.saved_model.LoadOptions | None = None,
         **kwargs,
     ):
+        _check_backend(trainable)
         _check_output_arguments(signature, output_key, signature_outputs_as_dict)
         if load_options is not None and not isinstance(load_options, tf.saved_model.LoadOptions):
             raise TypeError(
@@ -306,7 +330,7 @@ class KerasLayer(keras.layers.Layer):
         super().__init__(trainable=trainable, **kwargs)
         # Inputs are converted here, to the SavedModel's traced dtypes (Keras would cast
         # floats to the compute dtype, and refuse Python values passed positionally).
-        self._convert_input_args = False
+        self._convert_input_args = keras.backend.backend() != "tensorflow"  # JAX: as usual.
         self.handle = str(handle)
         self.arguments = dict(arguments or {})
         self.signature = signature
@@ -443,6 +467,8 @@ class KerasLayer(keras.layers.Layer):
         trainables = list(getattr(self._loaded, "trainable_variables", []) or [])
         trainable = {id(v) for v in trainables}
         seen = set()
+        if keras.backend.backend() != "tensorflow":  # Frozen on JAX: TensorFlow holds them.
+            variables, trainables = [], []
         for variable in variables + trainables:
             if id(variable) in seen:
                 continue
@@ -502,6 +528,8 @@ class KerasLayer(keras.layers.Layer):
     def __call__(self, *args, **kwargs):
         # Keras 3 refuses a Python value passed positionally (hub takes `layer(10.)` or
         # `layer([[1.]])`): such values become tensors of the traced dtype first.
+        if keras.backend.backend() != "tensorflow":  # JAX arrays, converted on the host.
+            return super().__call__(*args, **kwargs)
         if args:
             args = (self._as_inputs(args[0]), *args[1:])
         elif "inputs" in kwargs:
@@ -543,10 +571,38 @@ class KerasLayer(keras.layers.Layer):
         return True
 
     def call(self, inputs, training=None):
+        if keras.backend.backend() != "tensorflow":
+            return self._call_on_host(inputs)
         self._check_strategy()
         self._check_trainability()
         train = bool(training) and self.trainable  # hub's semantics: frozen is inference.
-        inputs = self._as_inputs(inputs, train)
+        return self._run(self._as_inputs(inputs, train), train)
+
+    def _call_on_host(self, inputs):
+        """On JAX: the TensorFlow function run on the host (``jax.pure_callback``), frozen,
+        so the outputs are the TensorFlow backend's; under ``jit`` too."""
+        import jax
+
+        _check_backend(self.trainable)  # trainable may have been set since.
+        specs = self.compute_output_spec(inputs)
+        unknown = [t.shape for t in tf.nest.flatten(specs) if None in t.shape]
+        if unknown:
+            raise Error(
+                f"exporter.KerasLayer on jax needs every output dimension known; the "
+                f"SavedModel at {self.handle} leaves some open ({unknown}): pass output_shape=."
+            )
+        shapes = tf.nest.map_structure(
+            lambda t: jax.ShapeDtypeStruct(tuple(t.shape), t.dtype), specs
+        )
+
+        def host(values):
+            outputs = self._run(self._as_inputs(values, False), False)
+            return tf.nest.map_structure(lambda t: np.asarray(t), outputs)
+
+        return jax.pure_callback(host, shapes, inputs, vmap_method="sequential")
+
+    def _run(self, inputs, train: bool):
+        """The SavedModel's function on TensorFlow ``inputs``: outputs selected, shaped, cast."""
         if self.signature is not None:
             outputs = self._run_signature(inputs)
         else:

@@ -66,6 +66,7 @@ def write_sources(folder: Path, sources: dict[str, str]) -> list[Path]:
     """Write each ``name: text`` of ``sources`` into ``folder`` (made); return the paths, sorted."""
     folder.mkdir(parents=True, exist_ok=True)
     for name, text in sources.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
         (folder / name).write_text(text)
     return sorted(folder / name for name in sources)
 
@@ -98,6 +99,142 @@ def test_the_check_sees_every_form_of_import(tmp_path):
         "exporter/making/b.py:1",
         "exporter/making/c.py:2",
         "exporter/making/d.py:1",
+    ]
+
+
+# -- no import circle -----------------------------------------------------------------------
+
+# The rule, strictly: every import counts wherever it stands (a function's body, an
+# ``if TYPE_CHECKING:`` block, a PEP 562 ``__getattr__``), since each runs the imported
+# module's body at some point, and a circle hidden in a function is a circle still. An
+# import names the module it runs: ``from exporter.checking import files`` imports
+# ``exporter.checking.files``; ``from exporter import save`` (a name defined in
+# ``exporter/__init__.py``) and ``import exporter`` import the package ``exporter`` itself.
+# Not counted: the package ``__init__`` Python runs before a submodule. Every submodule of a
+# package "imports" its package that way, and Python allows it by design (the package is
+# in ``sys.modules`` before its body runs); a name taken from the package is counted.
+
+
+def _import_statements(path: Path, root: Path):
+    """Yield ``(line, base, names)`` for every import in ``path``, at any depth.
+
+    ``import a.b`` gives ``("a.b", None)``; ``from a import b, c`` gives ``("a", ["b", "c"])``,
+    with a relative ``a`` resolved against ``path``.
+    """
+    package = module_name(path, root)
+    if path.name != "__init__.py":
+        package = package.rpartition(".")[0]
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield node.lineno, alias.name, None
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                base = ".".join(anchor + ([base] if base else []))
+            yield node.lineno, base, [alias.name for alias in node.names]
+
+
+def import_graph(root: Path = PACKAGE.parent) -> dict[str, dict[str, int]]:
+    """``{module: {module it imports: first line}}`` over every module under ``root/exporter``."""
+    paths = {module_name(path, root): path for path in sorted((root / "exporter").rglob("*.py"))}
+
+    def known(name: str) -> str | None:  # The deepest module the dotted name runs.
+        while name and name not in paths:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    graph = {}
+    for name, path in paths.items():
+        edges = graph[name] = {}
+        for line, base, names in _import_statements(path, root):
+            if names is None:
+                targets = [known(base)]
+            else:  # ``from a import b``: the module ``a.b``, or a name defined in ``a``.
+                targets = [f"{base}.{b}" if f"{base}.{b}" in paths else known(base) for b in names]
+            for target in targets:
+                if target is not None:
+                    edges.setdefault(target, line)
+    return graph
+
+
+def import_circles(root: Path = PACKAGE.parent) -> list[str]:
+    """Each circle (a strongly connected set of modules), as its modules and the imports in it.
+
+    ``a, b: a:12 imports b; b:3 imports a``, one string per circle, sorted.
+    """
+    graph = import_graph(root)
+    index, low, stack, circles = {}, {}, [], []
+
+    def visit(module: str) -> None:  # Tarjan's algorithm; the package is small.
+        index[module] = low[module] = len(index)
+        stack.append(module)
+        for target in graph[module]:
+            if target not in index:
+                visit(target)
+                low[module] = min(low[module], low[target])
+            elif target in stack:
+                low[module] = min(low[module], index[target])
+        if low[module] != index[module]:
+            return
+        members = set()
+        while module not in members:
+            members.add(stack.pop())
+        edges = [
+            f"{source}:{graph[source][target]} imports {target}"
+            for source in sorted(members)
+            for target in sorted(graph[source])
+            if target in members
+        ]
+        if edges:  # One module alone is a circle only if it imports itself.
+            circles.append(", ".join(sorted(members)) + ": " + "; ".join(edges))
+
+    for module in graph:
+        if module not in index:
+            visit(module)
+    return sorted(circles)
+
+
+def test_no_import_circle():
+    assert len(import_graph()) > 40, "the package's modules were not found"
+    circles = import_circles()
+    assert not circles, (
+        "modules import each other (a function-level import counts); move what both need into "
+        "a module of its own:\n" + "\n".join(circles)
+    )
+
+
+def test_the_circle_check_sees_every_form(tmp_path):
+    write_sources(tmp_path / "exporter", {
+        # exporter/__init__ imports its submodules, lazily too; they import siblings, not it.
+        "__init__.py": "from exporter import a\n"
+        "def __getattr__(name):\n    from .b import B\n    from .h import H\n    return B, H\n",
+        "a.py": "from exporter import b\n",
+        "b.py": "import exporter.c\nB = 1\n",
+        "c.py": "X = 1\n",
+        # A function-level import closes a circle, as module.py and save.py did.
+        "d.py": "from exporter.e import E\n",
+        "e.py": "E = 1\ndef f():\n    from exporter.d import f\n",
+        # A relative import, and one under TYPE_CHECKING.
+        "f.py": "from .g import G\nF = 1\n",
+        "g.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from . import f\nG = 1\n",
+        # A name taken from a package's __init__, which imports the module taking it.
+        "h.py": "from exporter import B\nH = 1\n",
+        # A circle of three, through a subpackage named in ``from ... import``.
+        "sub/__init__.py": "",
+        "sub/i.py": "from exporter.sub import j\n",
+        "sub/j.py": "from ..sub.k import K\n",
+        "sub/k.py": "import exporter.sub.i\nK = 1\n",
+        "sub/l.py": "from exporter import sub\n",  # The package alone: no circle.
+    })  # fmt: skip
+    assert import_circles(tmp_path) == [
+        "exporter, exporter.h: exporter:4 imports exporter.h; exporter.h:1 imports exporter",
+        "exporter.d, exporter.e: exporter.d:1 imports exporter.e; exporter.e:3 imports exporter.d",
+        "exporter.f, exporter.g: exporter.f:1 imports exporter.g; exporter.g:3 imports exporter.f",
+        "exporter.sub.i, exporter.sub.j, exporter.sub.k: exporter.sub.i:1 imports "
+        "exporter.sub.j; exporter.sub.j:1 imports exporter.sub.k; exporter.sub.k:1 imports "
+        "exporter.sub.i",
     ]
 
 

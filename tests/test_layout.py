@@ -6,6 +6,7 @@ code that made it; the contract imports none of the sides.
 """
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -376,3 +377,67 @@ def test_the_readme_and_the_module_stay_short():
     assert len(readme) <= 200, f"README.md is {len(readme)} lines; move details to docs/"
     module = (PACKAGE / "making" / "module.py").read_text().splitlines()
     assert len(module) <= 480, f"making/module.py is {len(module)} lines; split it by job"
+
+
+# -- BUILD_NOTES.md: traps only --------------------------------------------------------------
+
+MAX_NOTES_LINES = 400
+# An entry: ``- **Title** (versions, with at least one dotted number): ... Workaround: ...``.
+TRAP = re.compile(r"- \*\*(?P<title>.+?)\*\* \((?P<versions>[^)]*)\)")
+VERSION = re.compile(r"\b\d+\.\d+")
+
+
+def notes_problems(text: str) -> list[str]:
+    """What keeps ``text`` (BUILD_NOTES.md) from being a short list of traps.
+
+    Each entry is a top-level ``- **`` bullet, up to the next one or the next heading. Its bold
+    title is followed by the versions it was seen on in parentheses, and it says what is done
+    about it after ``Workaround:``. Anything else under a heading (a diary, a table of
+    figures) is not an entry and is reported too.
+    """
+    lines = text.splitlines()
+    problems = [] if len(lines) < MAX_NOTES_LINES else [f"{len(lines)} lines"]
+    entries, stray = [], []
+    for number, line in enumerate(lines, 1):
+        if line.startswith("- **"):
+            entries.append((number, [line]))
+        elif line.startswith("#"):
+            entries.append((number, None))  # A heading ends the entry before it.
+        elif line.startswith("  ") and entries and entries[-1][1] is not None:
+            entries[-1][1].append(line)
+        elif line.strip() and any(h.startswith("## ") for h in lines[: number - 1]):
+            stray.append(number)
+    entries = [(number, " ".join(" ".join(body).split())) for number, body in entries if body]
+    if not entries:
+        problems.append("no entries")
+    for number, entry in entries:
+        match = TRAP.match(entry)
+        if not match or not VERSION.search(match["versions"]):
+            problems.append(f"line {number}: no versions in parentheses after the title")
+        if "Workaround:" not in entry:
+            problems.append(f"line {number}: no Workaround:")
+    problems += [f"line {number}: not part of an entry" for number in stray]
+    return problems
+
+
+def test_build_notes_are_short_and_every_trap_names_its_versions():
+    problems = notes_problems((PACKAGE.parent / "BUILD_NOTES.md").read_text(encoding="utf-8"))
+    assert not problems, "BUILD_NOTES.md holds traps only:\n" + "\n".join(problems)
+
+
+def test_the_notes_check_sees_a_bad_entry():
+    good = "- **A trap** (TF 2.21): what happens.\n  Workaround: what we do.\n"
+    assert notes_problems(f"# Notes\n\nIntro.\n\n## Part\n\n{good}") == []
+    assert notes_problems(
+        "## Part\n\n"
+        "- **No version** (always): x. Workaround: y.\n"
+        "- **No parentheses**, TF 2.21: x. Workaround: y.\n"
+        f"- **No workaround** (Keras 3.15): x.\n{good}\n"
+        "We measured 3.2 s on Tuesday.\n"
+    ) == [
+        "line 3: no versions in parentheses after the title",
+        "line 4: no versions in parentheses after the title",
+        "line 5: no Workaround:",
+        "line 9: not part of an entry",
+    ]
+    assert notes_problems(good * (MAX_NOTES_LINES // 2)) == [f"{MAX_NOTES_LINES} lines"]

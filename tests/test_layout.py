@@ -441,3 +441,69 @@ def test_the_notes_check_sees_a_bad_entry():
         "line 9: not part of an entry",
     ]
     assert notes_problems(good * (MAX_NOTES_LINES // 2)) == [f"{MAX_NOTES_LINES} lines"]
+
+
+# -- the quick tier ---------------------------------------------------------------------------
+
+TESTS = PACKAGE.parent / "tests"
+# What makes a test slow whatever it checks: the zoo's processes, a fresh virtual
+# environment, a keras-hub preset through both CLIs (two fresh processes importing keras-hub).
+HEAVY = {"zoo", "_fresh_venv", "_export_both"}
+
+
+def _marks_slow(node: ast.AST) -> bool:
+    """``@pytest.mark.slow``, or a parametrize over ``tiered(...)`` (all but one case slow)."""
+    return _dotted(node).endswith("mark.slow") or any(
+        isinstance(call, ast.Call) and _dotted(call.func) == "tiered" for call in ast.walk(node)
+    )
+
+
+def heavy_quick_tests(files: list[Path], root: Path = PACKAGE.parent) -> list[str]:
+    """``path::test uses NAME`` for each test that uses a ``HEAVY`` name (calls it, or takes
+    it as a fixture) and still runs in the quick tier (``-m "not slow and not stress"``)."""
+    found = []
+    for path in files:
+        tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+        module_marked = any(
+            isinstance(node, ast.Assign)
+            and any(isinstance(t, ast.Name) and t.id == "pytestmark" for t in node.targets)
+            and ("mark.slow" in ast.unparse(node.value) or "mark.stress" in ast.unparse(node.value))
+            for node in tree.body
+        )
+        for node in tree.body:
+            if not isinstance(node, ast.FunctionDef) or not node.name.startswith("test_"):
+                continue
+            if module_marked or any(_marks_slow(d) for d in node.decorator_list):
+                continue
+            used = {a.arg for a in node.args.args} | {
+                n.id for n in ast.walk(node) if isinstance(n, ast.Name)
+            }
+            found += [
+                f"{path.relative_to(root)}::{node.name} uses {n}" for n in sorted(HEAVY & used)
+            ]
+    return found
+
+
+def test_the_quick_tier_leaves_the_heavy_tests_out():
+    files = sorted(TESTS.rglob("test_*.py"))
+    assert len(files) > 20
+    heavy = heavy_quick_tests(files)
+    assert not heavy, (
+        "mark these @pytest.mark.slow, or parametrize them over conftest.tiered (docs/"
+        "development.md):\n" + "\n".join(heavy)
+    )
+
+
+def test_the_quick_tier_check_sees_an_unmarked_heavy_test(tmp_path):
+    files = write_sources(tmp_path / "tests", {
+        "test_a.py": "def test_zoo(zoo):\n    pass\n"
+                     "@pytest.mark.slow\ndef test_marked(zoo):\n    pass\n",
+        "test_b.py": "def test_venv(tmp_path):\n    _fresh_venv(tmp_path)\n"
+                     "@pytest.mark.parametrize('f', tiered(['a', 'b'], 'a'))\n"
+                     "def test_tiered(f, tmp_path):\n    _export_both(f, tmp_path)\n",
+        "test_c.py": "pytestmark = pytest.mark.stress\ndef test_s(zoo):\n    pass\n",
+    })  # fmt: skip
+    assert heavy_quick_tests(files, root=tmp_path) == [
+        "tests/test_a.py::test_zoo uses zoo",
+        "tests/test_b.py::test_venv uses _fresh_venv",
+    ]

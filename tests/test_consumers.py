@@ -61,7 +61,8 @@ def test_keras3_tfsm_layer_predicts(export):
 
 
 def test_tf1_session_loader_runs_serving_default_by_tensor_names(export):
-    path = str(export("classification", "mobilenet_v2", "none", num_classes=3))
+    # The classifier test_hparams.py exports too: made once per session, shared.
+    path = str(export("classification", "mobilenet_v2", "none", num_classes=5))
     images = random_images(2, 32)
     with tf.Graph().as_default(), tf.compat.v1.Session() as session:
         meta_graph = tf.compat.v1.saved_model.loader.load(session, ["serve"], path)

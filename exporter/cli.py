@@ -86,7 +86,7 @@ def run(export: Callable[[], Path]) -> None:
     before = _identity(OUT.value)
     # The process ends with this export: the ~350,000 objects of its imports are never freed,
     # so Python's full collections need not scan them again and again while graphs are traced
-    # and loaded (ResNet50: 0.95 s of collections, 0.26 s once frozen; BUILD_NOTES).
+    # and loaded (ResNet50: 0.95 s of collections, 0.26 s once frozen; docs/performance.md).
     gc.freeze()
     try:
         path = export()

@@ -100,7 +100,7 @@ def running_cli(argv: list[str] | None = None, modules: tuple[str, ...] | None =
 # The export CLIs run TensorFlow's own CPU kernels, not oneDNN's (a value the user set is
 # kept). oneDNN's allocator pools what it frees and never hands it back, so the model the
 # export frees before verification reloads it would still be resident: ResNet50's export
-# peaks at 1,027 MB instead of 1,130 MB (BUILD_NOTES). The SavedModel is the same graph. The
+# peaks at 1,027 MB instead of 1,130 MB (docs/performance.md). The SavedModel is the same graph. The
 # embedding and conversion CLIs keep oneDNN, which is faster over many batches.
 _EXPORT_CLIS = ("exporter.feature_vector", "exporter.classification")
 _EXPORT_ENV = {"TF_ENABLE_ONEDNN_OPTS": "0"}

@@ -27,6 +27,18 @@ BACKBONES = exporter.list_backbones()
 # The three of the core issue: every consumer and every error path is tested on these;
 # test_zoo.py covers the facts, a round trip, parity and the own classifier of BACKBONES.
 CORE = ("efficientnet_b0", "mobilenet_v2", "resnet50")
+# The core backbone the quick tier (``-m "not slow and not stress"``) runs: the cheapest.
+QUICK = "mobilenet_v2"
+
+
+def tiered(values, quick=QUICK) -> list:
+    """``values`` for ``pytest.mark.parametrize``, every one but ``quick`` marked ``slow``.
+
+    The quick tier runs the case ``quick``; the whole suite (CI) runs them all, unchanged.
+    """
+    assert quick in values, f"{quick!r} is not among {values}"
+    slow = pytest.mark.slow
+    return [pytest.param(value, marks=() if value == quick else slow) for value in values]
 
 
 ZOO_TEST = "test_backbone_end_to_end"

@@ -217,6 +217,7 @@ def test_a_keras_hub_backbone_is_asked_for_by_name_but_not_part_of_all():
     assert (vit["patch_size"], vit["num_layers"], vit["hidden_dim"]) == (16, 12, 768)
 
 
+@pytest.mark.slow  # Three fresh processes, each importing keras-hub.
 def test_the_keras_hub_workers_export_one_preset_both_ways(tmp_path):
     """compare.py's keras-hub jobs on a tiny ViT: the same preset, ours and Keras 3's export."""
     config = {

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import CORE, random_images
+from conftest import CORE, random_images, tiered
 
 import exporter
 
@@ -12,7 +12,7 @@ def _moving_means(layer):
     return [w for w in layer.non_trainable_weights if "moving_mean" in w.name]
 
 
-@pytest.mark.parametrize("name", CORE)
+@pytest.mark.parametrize("name", tiered(CORE))
 def test_hub_keras_layer_fine_tunes(export, name):
     import tensorflow_hub as hub
     import tf_keras
@@ -61,7 +61,8 @@ def test_keras3_tfsm_layer_predicts(export):
 
 
 def test_tf1_session_loader_runs_serving_default_by_tensor_names(export):
-    path = str(export("classification", "mobilenet_v2", "none", num_classes=3))
+    # The classifier test_hparams.py exports too: made once per session, shared.
+    path = str(export("classification", "mobilenet_v2", "none", num_classes=5))
     images = random_images(2, 32)
     with tf.Graph().as_default(), tf.compat.v1.Session() as session:
         meta_graph = tf.compat.v1.saved_model.loader.load(session, ["serve"], path)
@@ -75,7 +76,7 @@ def test_tf1_session_loader_runs_serving_default_by_tensor_names(export):
     np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("name", CORE)
+@pytest.mark.parametrize("name", tiered(CORE))
 def test_litert_runs_the_converted_serving_default(export, name):
     from ai_edge_litert.interpreter import Interpreter  # tf.lite.Interpreter is deprecated.
 

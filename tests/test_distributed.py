@@ -73,6 +73,7 @@ def test_mirrored_strategy_on_two_logical_cpus(tiny, tmp_path):
     assert "create the layer (or load the model) inside the scope" in facts["outside_error"]
 
 
+@pytest.mark.slow  # Two worker processes, each importing TensorFlow and training.
 def test_multi_worker_mirrored_strategy_with_two_processes(tiny, tmp_path):
     workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
     processes = []

@@ -253,6 +253,7 @@ def test_default_runner_downloads_nothing(cli_run):
     assert not (work / "home" / ".apache_beam").exists()  # Prism's binary cache.
 
 
+@pytest.mark.slow  # A second pipeline run, with two worker processes (each imports TF).
 def test_two_worker_processes_give_the_same_records(cli_run, feature_vector, corpus, tmp_path):
     root, _, _ = corpus
     out = tmp_path / "mp"

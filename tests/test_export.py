@@ -8,7 +8,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import CORE, keras_reference, random_images
+from conftest import CORE, keras_reference, random_images, tiered
 
 import exporter
 
@@ -28,7 +28,7 @@ def _preprocess_input(name, images):
 
 
 @pytest.mark.parametrize("weights", ["none", "file"])
-@pytest.mark.parametrize("name", CORE)
+@pytest.mark.parametrize("name", tiered(CORE))
 def test_export_loads_and_keeps_shapes(export, name, weights):
     facts = exporter.get_backbone(name)
     obj = tf.saved_model.load(str(export("feature_vector", name, weights)))
@@ -44,7 +44,7 @@ def test_export_loads_and_keeps_shapes(export, name, weights):
     assert list(obj.regularization_losses) == []
 
 
-@pytest.mark.parametrize("name", CORE)
+@pytest.mark.parametrize("name", tiered(CORE))
 def test_feature_vector_matches_keras_preprocess_input(export, weights_file, name):
     obj = tf.saved_model.load(str(export("feature_vector", name)))
     reference = keras_reference(name, weights_file(name))
@@ -68,7 +68,7 @@ def test_max_pooling(export, weights_file):
 OWN_HEADS = CORE
 
 
-@pytest.mark.parametrize("name", OWN_HEADS)
+@pytest.mark.parametrize("name", tiered(OWN_HEADS))
 def test_own_classifier_gives_the_keras_logits(export, weights_file, name):
     facts = exporter.get_backbone(name)
     obj = tf.saved_model.load(str(export("classification", name)))
@@ -214,7 +214,7 @@ def test_the_card_states_what_refusing_costs(export):
     assert f"The traces that refuse them cost {cost:,} bytes." in card
 
 
-@pytest.mark.parametrize("name", CORE)
+@pytest.mark.parametrize("name", tiered(CORE))
 def test_too_small_images_are_refused_by_the_export(export, name):
     facts = exporter.get_backbone(name)
     obj = tf.saved_model.load(str(export("feature_vector", name, "none")))
@@ -231,7 +231,7 @@ def test_training_must_be_a_python_bool():
         module(tf.zeros([1, 32, 32, 3]), training=tf.constant(True))
 
 
-@pytest.mark.parametrize("name", CORE)
+@pytest.mark.parametrize("name", tiered(CORE))
 def test_each_variable_is_stored_once(export, weights_file, name):
     path = Path(export("feature_vector", name))
     on_disk = sum(f.stat().st_size for f in (path / "variables").iterdir())

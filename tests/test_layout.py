@@ -6,6 +6,7 @@ code that made it; the contract imports none of the sides.
 """
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -66,6 +67,7 @@ def write_sources(folder: Path, sources: dict[str, str]) -> list[Path]:
     """Write each ``name: text`` of ``sources`` into ``folder`` (made); return the paths, sorted."""
     folder.mkdir(parents=True, exist_ok=True)
     for name, text in sources.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
         (folder / name).write_text(text)
     return sorted(folder / name for name in sources)
 
@@ -98,6 +100,142 @@ def test_the_check_sees_every_form_of_import(tmp_path):
         "exporter/making/b.py:1",
         "exporter/making/c.py:2",
         "exporter/making/d.py:1",
+    ]
+
+
+# -- no import circle -----------------------------------------------------------------------
+
+# The rule, strictly: every import counts wherever it stands (a function's body, an
+# ``if TYPE_CHECKING:`` block, a PEP 562 ``__getattr__``), since each runs the imported
+# module's body at some point, and a circle hidden in a function is a circle still. An
+# import names the module it runs: ``from exporter.checking import files`` imports
+# ``exporter.checking.files``; ``from exporter import save`` (a name defined in
+# ``exporter/__init__.py``) and ``import exporter`` import the package ``exporter`` itself.
+# Not counted: the package ``__init__`` Python runs before a submodule. Every submodule of a
+# package "imports" its package that way, and Python allows it by design (the package is
+# in ``sys.modules`` before its body runs); a name taken from the package is counted.
+
+
+def _import_statements(path: Path, root: Path):
+    """Yield ``(line, base, names)`` for every import in ``path``, at any depth.
+
+    ``import a.b`` gives ``("a.b", None)``; ``from a import b, c`` gives ``("a", ["b", "c"])``,
+    with a relative ``a`` resolved against ``path``.
+    """
+    package = module_name(path, root)
+    if path.name != "__init__.py":
+        package = package.rpartition(".")[0]
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield node.lineno, alias.name, None
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                base = ".".join(anchor + ([base] if base else []))
+            yield node.lineno, base, [alias.name for alias in node.names]
+
+
+def import_graph(root: Path = PACKAGE.parent) -> dict[str, dict[str, int]]:
+    """``{module: {module it imports: first line}}`` over every module under ``root/exporter``."""
+    paths = {module_name(path, root): path for path in sorted((root / "exporter").rglob("*.py"))}
+
+    def known(name: str) -> str | None:  # The deepest module the dotted name runs.
+        while name and name not in paths:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    graph = {}
+    for name, path in paths.items():
+        edges = graph[name] = {}
+        for line, base, names in _import_statements(path, root):
+            if names is None:
+                targets = [known(base)]
+            else:  # ``from a import b``: the module ``a.b``, or a name defined in ``a``.
+                targets = [f"{base}.{b}" if f"{base}.{b}" in paths else known(base) for b in names]
+            for target in targets:
+                if target is not None:
+                    edges.setdefault(target, line)
+    return graph
+
+
+def import_circles(root: Path = PACKAGE.parent) -> list[str]:
+    """Each circle (a strongly connected set of modules), as its modules and the imports in it.
+
+    ``a, b: a:12 imports b; b:3 imports a``, one string per circle, sorted.
+    """
+    graph = import_graph(root)
+    index, low, stack, circles = {}, {}, [], []
+
+    def visit(module: str) -> None:  # Tarjan's algorithm; the package is small.
+        index[module] = low[module] = len(index)
+        stack.append(module)
+        for target in graph[module]:
+            if target not in index:
+                visit(target)
+                low[module] = min(low[module], low[target])
+            elif target in stack:
+                low[module] = min(low[module], index[target])
+        if low[module] != index[module]:
+            return
+        members = set()
+        while module not in members:
+            members.add(stack.pop())
+        edges = [
+            f"{source}:{graph[source][target]} imports {target}"
+            for source in sorted(members)
+            for target in sorted(graph[source])
+            if target in members
+        ]
+        if edges:  # One module alone is a circle only if it imports itself.
+            circles.append(", ".join(sorted(members)) + ": " + "; ".join(edges))
+
+    for module in graph:
+        if module not in index:
+            visit(module)
+    return sorted(circles)
+
+
+def test_no_import_circle():
+    assert len(import_graph()) > 40, "the package's modules were not found"
+    circles = import_circles()
+    assert not circles, (
+        "modules import each other (a function-level import counts); move what both need into "
+        "a module of its own:\n" + "\n".join(circles)
+    )
+
+
+def test_the_circle_check_sees_every_form(tmp_path):
+    write_sources(tmp_path / "exporter", {
+        # exporter/__init__ imports its submodules, lazily too; they import siblings, not it.
+        "__init__.py": "from exporter import a\n"
+        "def __getattr__(name):\n    from .b import B\n    from .h import H\n    return B, H\n",
+        "a.py": "from exporter import b\n",
+        "b.py": "import exporter.c\nB = 1\n",
+        "c.py": "X = 1\n",
+        # A function-level import closes a circle, as module.py and save.py did.
+        "d.py": "from exporter.e import E\n",
+        "e.py": "E = 1\ndef f():\n    from exporter.d import f\n",
+        # A relative import, and one under TYPE_CHECKING.
+        "f.py": "from .g import G\nF = 1\n",
+        "g.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from . import f\nG = 1\n",
+        # A name taken from a package's __init__, which imports the module taking it.
+        "h.py": "from exporter import B\nH = 1\n",
+        # A circle of three, through a subpackage named in ``from ... import``.
+        "sub/__init__.py": "",
+        "sub/i.py": "from exporter.sub import j\n",
+        "sub/j.py": "from ..sub.k import K\n",
+        "sub/k.py": "import exporter.sub.i\nK = 1\n",
+        "sub/l.py": "from exporter import sub\n",  # The package alone: no circle.
+    })  # fmt: skip
+    assert import_circles(tmp_path) == [
+        "exporter, exporter.h: exporter:4 imports exporter.h; exporter.h:1 imports exporter",
+        "exporter.d, exporter.e: exporter.d:1 imports exporter.e; exporter.e:3 imports exporter.d",
+        "exporter.f, exporter.g: exporter.f:1 imports exporter.g; exporter.g:3 imports exporter.f",
+        "exporter.sub.i, exporter.sub.j, exporter.sub.k: exporter.sub.i:1 imports "
+        "exporter.sub.j; exporter.sub.j:1 imports exporter.sub.k; exporter.sub.k:1 imports "
+        "exporter.sub.i",
     ]
 
 
@@ -239,3 +377,134 @@ def test_the_readme_and_the_module_stay_short():
     assert len(readme) <= 200, f"README.md is {len(readme)} lines; move details to docs/"
     module = (PACKAGE / "making" / "module.py").read_text().splitlines()
     assert len(module) <= 480, f"making/module.py is {len(module)} lines; split it by job"
+
+
+# -- BUILD_NOTES.md: traps only --------------------------------------------------------------
+
+# Issue 36 aimed at under 400; the traps of issues 32-35 brought it to about 435.
+MAX_NOTES_LINES = 450
+# An entry: ``- **Title** (versions, with at least one dotted number): ... Workaround: ...``.
+TRAP = re.compile(r"- \*\*(?P<title>.+?)\*\* \((?P<versions>[^)]*)\)")
+VERSION = re.compile(r"\b\d+\.\d+")
+
+
+def notes_problems(text: str) -> list[str]:
+    """What keeps ``text`` (BUILD_NOTES.md) from being a short list of traps.
+
+    Each entry is a top-level ``- **`` bullet, up to the next one or the next heading. Its bold
+    title is followed by the versions it was seen on in parentheses, and it says what is done
+    about it after ``Workaround:``. Anything else under a heading (a diary, a table of
+    figures) is not an entry and is reported too.
+    """
+    lines = text.splitlines()
+    problems = [] if len(lines) < MAX_NOTES_LINES else [f"{len(lines)} lines"]
+    entries, stray = [], []
+    for number, line in enumerate(lines, 1):
+        if line.startswith("- **"):
+            entries.append((number, [line]))
+        elif line.startswith("#"):
+            entries.append((number, None))  # A heading ends the entry before it.
+        elif line.startswith("  ") and entries and entries[-1][1] is not None:
+            entries[-1][1].append(line)
+        elif line.strip() and any(h.startswith("## ") for h in lines[: number - 1]):
+            stray.append(number)
+    entries = [(number, " ".join(" ".join(body).split())) for number, body in entries if body]
+    if not entries:
+        problems.append("no entries")
+    for number, entry in entries:
+        match = TRAP.match(entry)
+        if not match or not VERSION.search(match["versions"]):
+            problems.append(f"line {number}: no versions in parentheses after the title")
+        if "Workaround:" not in entry:
+            problems.append(f"line {number}: no Workaround:")
+    problems += [f"line {number}: not part of an entry" for number in stray]
+    return problems
+
+
+def test_build_notes_are_short_and_every_trap_names_its_versions():
+    problems = notes_problems((PACKAGE.parent / "BUILD_NOTES.md").read_text(encoding="utf-8"))
+    assert not problems, "BUILD_NOTES.md holds traps only:\n" + "\n".join(problems)
+
+
+def test_the_notes_check_sees_a_bad_entry():
+    good = "- **A trap** (TF 2.21): what happens.\n  Workaround: what we do.\n"
+    assert notes_problems(f"# Notes\n\nIntro.\n\n## Part\n\n{good}") == []
+    assert notes_problems(
+        "## Part\n\n"
+        "- **No version** (always): x. Workaround: y.\n"
+        "- **No parentheses**, TF 2.21: x. Workaround: y.\n"
+        f"- **No workaround** (Keras 3.15): x.\n{good}\n"
+        "We measured 3.2 s on Tuesday.\n"
+    ) == [
+        "line 3: no versions in parentheses after the title",
+        "line 4: no versions in parentheses after the title",
+        "line 5: no Workaround:",
+        "line 9: not part of an entry",
+    ]
+    assert notes_problems(good * (MAX_NOTES_LINES // 2)) == [f"{MAX_NOTES_LINES} lines"]
+
+
+# -- the quick tier ---------------------------------------------------------------------------
+
+TESTS = PACKAGE.parent / "tests"
+# What makes a test slow whatever it checks: the zoo's processes, a fresh virtual
+# environment, a keras-hub preset through both CLIs (two fresh processes importing keras-hub).
+HEAVY = {"zoo", "_fresh_venv", "_export_both"}
+
+
+def _marks_slow(node: ast.AST) -> bool:
+    """``@pytest.mark.slow``, or a parametrize over ``tiered(...)`` (all but one case slow)."""
+    return _dotted(node).endswith("mark.slow") or any(
+        isinstance(call, ast.Call) and _dotted(call.func) == "tiered" for call in ast.walk(node)
+    )
+
+
+def heavy_quick_tests(files: list[Path], root: Path = PACKAGE.parent) -> list[str]:
+    """``path::test uses NAME`` for each test that uses a ``HEAVY`` name (calls it, or takes
+    it as a fixture) and still runs in the quick tier (``-m "not slow and not stress"``)."""
+    found = []
+    for path in files:
+        tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+        module_marked = any(
+            isinstance(node, ast.Assign)
+            and any(isinstance(t, ast.Name) and t.id == "pytestmark" for t in node.targets)
+            and ("mark.slow" in ast.unparse(node.value) or "mark.stress" in ast.unparse(node.value))
+            for node in tree.body
+        )
+        for node in tree.body:
+            if not isinstance(node, ast.FunctionDef) or not node.name.startswith("test_"):
+                continue
+            if module_marked or any(_marks_slow(d) for d in node.decorator_list):
+                continue
+            used = {a.arg for a in node.args.args} | {
+                n.id for n in ast.walk(node) if isinstance(n, ast.Name)
+            }
+            found += [
+                f"{path.relative_to(root)}::{node.name} uses {n}" for n in sorted(HEAVY & used)
+            ]
+    return found
+
+
+def test_the_quick_tier_leaves_the_heavy_tests_out():
+    files = sorted(TESTS.rglob("test_*.py"))
+    assert len(files) > 20
+    heavy = heavy_quick_tests(files)
+    assert not heavy, (
+        "mark these @pytest.mark.slow, or parametrize them over conftest.tiered (docs/"
+        "development.md):\n" + "\n".join(heavy)
+    )
+
+
+def test_the_quick_tier_check_sees_an_unmarked_heavy_test(tmp_path):
+    files = write_sources(tmp_path / "tests", {
+        "test_a.py": "def test_zoo(zoo):\n    pass\n"
+                     "@pytest.mark.slow\ndef test_marked(zoo):\n    pass\n",
+        "test_b.py": "def test_venv(tmp_path):\n    _fresh_venv(tmp_path)\n"
+                     "@pytest.mark.parametrize('f', tiered(['a', 'b'], 'a'))\n"
+                     "def test_tiered(f, tmp_path):\n    _export_both(f, tmp_path)\n",
+        "test_c.py": "pytestmark = pytest.mark.stress\ndef test_s(zoo):\n    pass\n",
+    })  # fmt: skip
+    assert heavy_quick_tests(files, root=tmp_path) == [
+        "tests/test_a.py::test_zoo uses zoo",
+        "tests/test_b.py::test_venv uses _fresh_venv",
+    ]

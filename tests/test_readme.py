@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import tensorflow as tf
 from conftest import REPO
 
@@ -73,6 +74,7 @@ RUN = {"bash", "python"}
 # its placeholders.
 NOT_RUN = {
     'pip install ".[test]" && python -m pytest': "this suite: CI runs it as written",
+    'python -m pytest -m "not slow and not stress"': "this suite's quick tier: a part of it",
     "python benchmarks/compare.py": "a benchmark of many exports (an hour on 2 cores)",
     "python benchmarks/compare.py --figures=export --exporters=ours,keras3": (
         "a benchmark of 28 exports (8 minutes on 2 cores)"
@@ -156,6 +158,7 @@ def _user_files(repo: Path, home: Path) -> None:
     (repo / "labels.txt").write_text("\n".join(f"class_{i}" for i in range(10)) + "\n")
 
 
+@pytest.mark.slow  # A fresh venv, then every block of the pages, each in a fresh process.
 def test_every_readme_and_docs_block_runs_as_written(tmp_path):
     """A reader's session: in a fresh venv, the quick start's first command, then every
     bash and python block of the README and the docs in page order, in one checkout, as
@@ -233,6 +236,7 @@ def test_performance_page_quotes_the_results_file_it_cites():
 DISTRIBUTION = "tfhub-exporter"  # "exporter" on the package registry is another project.
 
 
+@pytest.mark.slow  # Builds the wheel and installs it in a fresh venv.
 def test_the_distribution_installs_under_its_own_name(tmp_path):
     """``pip install "tfhub-exporter[convert]"`` from the built wheel installs ours, and the
     import name stays ``exporter``; every install line of the docs uses that name."""

@@ -128,6 +128,7 @@ def test_finetune_export_recipe_resumes_and_re_exports_a_conforming_classifier(
     assert len(classifier.regularization_losses) == 1
 
 
+@pytest.mark.slow  # Two recipe processes training together.
 def test_finetune_export_recipe_multi_worker_only_the_chief_writes(image_folder, tmp_path):
     import json
 

@@ -40,6 +40,7 @@ from exporter.making.layers import (
 )
 from exporter.making.preprocessing import Mode, check_mode, preprocess
 from exporter.making.rewrites import Rewrites
+from exporter.making.tracing import saver_tracing
 
 LABELS_FILE = "labels.txt"  # The labels asset's name under assets/ (spec.LABELS_ASSET).
 
@@ -305,12 +306,9 @@ class ImageModule(tf.Module):
         """Trace ``__call__`` for both training values (each hparam a float32 scalar) and
         ``serving_default``, once, as ``tf.saved_model.save`` will trace them.
 
-        Traced inside the saver's tracing context (``save.saver_tracing``), so that the
+        Traced inside the saver's tracing context (``tracing.saver_tracing``), so that the
         saver finds these traces in its cache instead of tracing the backbone again.
         """
-        # Imported here: save imports this module, and owns the saver's context.
-        from exporter.making.save import saver_tracing
-
         functions = self._held.traces
         if functions:
             return

@@ -30,37 +30,12 @@ from exporter.console import native_logs_filtered
 from exporter.errors import ExportError, UnsafeOpsError
 from exporter.making import card, precision, serving
 from exporter.making.module import ImageModule
+from exporter.making.tracing import SAVE_OPTIONS, saver_tracing
 from exporter.progress import stage
 
 # An export of ours must load without unsafe ops: the way out is to change the model.
 _NO_UNSAFE_OPS = "An export must load without them: remove them from the model."
 _OLD_TAG = "exporter-old"  # A replaced export, while the new one moves into place.
-
-
-SAVE_OPTIONS = tf.saved_model.SaveOptions()
-
-
-@contextlib.contextmanager
-def saver_tracing():
-    """Trace ``tf.function``s here as ``tf.saved_model.save(..., options=SAVE_OPTIONS)`` does.
-
-    TensorFlow keys its trace cache on whether a save is in progress (and on the save's
-    variable policy), so the saver traces every function again that was traced outside a
-    save: for our module, the whole backbone three more times (ResNet50: seconds).
-    Traces made in here are the saver's own. The context is TensorFlow's internal
-    ``save_context``; without it (a future TensorFlow), tracing is plain and the saver
-    traces again, as before.
-    """
-    try:
-        from tensorflow.python.saved_model import save_context
-    except ImportError:  # pragma: no cover - depends on the TensorFlow version
-        yield
-        return
-    if save_context.in_save_context():
-        yield
-        return
-    with save_context.save_context(SAVE_OPTIONS):
-        yield
 
 
 # What an export writes at the top of its directory: TensorFlow's SavedModel layout, and our

@@ -182,8 +182,7 @@ class _DecodeImages(beam.DoFn):
     def setup(self):
         self.progress = _Progress("read {images} images, {failed} failed")
 
-    def process(self, metadata):
-        path = metadata.path
+    def process(self, path: str):
         if path.endswith(("/", "\\")):  # A remote filesystem's folder marker.
             return
         try:  # Refused files (ImageFileError is a ValueError) are errors like broken ones.

@@ -85,3 +85,10 @@ __all__ = [
     "save",
     "UnsafeOpsError",
 ]
+
+
+# A process that has imported Keras already has TensorFlow (or another backend) loaded:
+# register exporter.KerasLayer with Keras now, so that a .keras file holding one loads after
+# a plain ``import exporter``. (Imported before Keras, touch ``exporter.KerasLayer`` first.)
+if "keras" in __import__("sys").modules:
+    importlib.import_module("exporter.use.keras_layer")

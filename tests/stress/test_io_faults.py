@@ -65,7 +65,7 @@ def _labels_cases(tmp: Path) -> dict:
         unreadable = write("unreadable.txt", b"a\nb\nc\n")
         unreadable.chmod(0o000)
     return {
-        "unreadable": (unreadable, ["Permission denied", "Is a directory"]),
+        "unreadable": (unreadable, ["Permission denied", "Is a directory", "a directory"]),
         "not UTF-8": (write("latin1.txt", "caf\xe9\nb\nc\n".encode("latin-1")), ["UTF-8"]),
         "empty": (write("empty.txt", b""), ["Received 0 labels"]),
         "one too many": (write("four.txt", b"a\nb\nc\nd\n"), ["Received 4 labels"]),

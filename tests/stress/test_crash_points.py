@@ -189,7 +189,8 @@ def _interrupt_problems(run: Export, code: int, shot: Shot, found: dict) -> list
     if shot.stage == "completed":  # After 'exported to' a signal just ends the process.
         if code not in (0, -shot.signum):
             problems.append(f"completed, then exited with {code}")
-    elif code != 1 or not last.startswith("error: interrupted"):
+    elif code != 128 + shot.signum or not last.startswith("error: interrupted"):
+        # 130 after SIGINT, 143 after SIGTERM (docs/command-line.md's exit statuses).
         problems.append(f"exit status {code}, not one line saying it was interrupted")
     elif ("left as it was" in last) != (shot.outcome == "old"):
         problems.append(f"said {last!r} but --out holds the {shot.outcome} export")

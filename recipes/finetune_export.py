@@ -206,9 +206,9 @@ def finetune_export(
     with distribution.scope():
         if checkpoint is not None:
             print(f"Resuming from {checkpoint} (epoch {initial_epoch}).", flush=True)
-            model = keras.models.load_model(
-                checkpoint, custom_objects={"HeadDropout": exporter.HeadDropout}
-            )
+            # Named here: `import exporter` loads its classes only when first used.
+            custom = {"HeadDropout": exporter.HeadDropout, "KerasLayer": exporter.KerasLayer}
+            model = keras.models.load_model(checkpoint, custom_objects=custom)
         else:
             model = build_model(export, len(class_names), image_size, fine_tune, dropout_rate,
                                 learning_rate)  # fmt: skip

@@ -42,3 +42,15 @@ def file(destination: Path, content: bytes) -> Path:
         opened.write(content)
     os.chmod(name, 0o666 & ~umask())
     return Path(name)
+
+
+def make_parents(parent: Path) -> list[Path]:
+    """Make ``parent`` and the missing folders above it; return those it made, deepest first
+    (the order to remove them in, should the write fail)."""
+    missing = []
+    while not parent.exists():
+        missing.append(parent)
+        parent = parent.parent
+    for folder in reversed(missing):
+        folder.mkdir()
+    return missing

@@ -165,7 +165,7 @@ def save_owned(
     tmp = None
     try:
         with _explained_io_errors(out):
-            created = _make_parents(out.parent)
+            created = siblings.make_parents(out.parent)
             _sweep_leftovers(out)
             tmp = siblings.directory(out)
         with stage("trace"), saver_tracing():  # The saver reuses these traces.
@@ -229,16 +229,6 @@ def _explained_io_errors(out: Path):
             f"Nothing was changed at {out}; check the free space, the file-size limit "
             "(ulimit -f) and the permissions of its parent directory."
         ) from error
-
-
-def _make_parents(parent: Path) -> list[Path]:
-    missing = []
-    while not parent.exists():
-        missing.append(parent)
-        parent = parent.parent
-    for directory in reversed(missing):
-        directory.mkdir()
-    return missing  # Deepest first, the order to remove them in.
 
 
 def _write(module: ImageModule, directory: Path, signatures: dict, kinds, serving_size):

@@ -212,7 +212,7 @@ def convert(
         quantized.check_ops(content)
     temporaries, created, finals = [], [], [out, sidecar]
     try:
-        created = _make_parents(out.parent)
+        created = siblings.make_parents(out.parent)
         model_tmp = siblings.file(out, content)
         temporaries.append(model_tmp)
         with stage(f"verify in {runtime.name}"):
@@ -276,18 +276,6 @@ def _saved_model_around(out: Path, export: Path) -> Path | None:
             if parent.resolve() == source or (parent / spec.SAVED_MODEL_FILE).exists():
                 return parent
     return None
-
-
-def _make_parents(parent: Path) -> list[Path]:
-    """Make the missing folders above ``out``, as the export commands do; return them, deepest
-    first (the order to remove them in, should the conversion fail)."""
-    missing = []
-    while not parent.exists():
-        missing.append(parent)
-        parent = parent.parent
-    for directory in reversed(missing):
-        directory.mkdir()
-    return missing
 
 
 class _Source:

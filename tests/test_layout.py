@@ -30,11 +30,11 @@ def module_name(path: Path, root: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def imported(path: Path, root: Path):
-    """Yield (line, module) for every import in ``path``, at any depth in the file.
+def import_statements(path: Path, root: Path):
+    """Yield ``(line, base, names)`` for every import in ``path``, at any depth.
 
-    ``from a import b`` yields both ``a`` and ``a.b``, since ``b`` may be a module
-    (``from exporter import use``). Relative imports are resolved against ``path``.
+    ``import a.b`` gives ``("a.b", None)``; ``from a import b, c`` gives ``("a", ["b", "c"])``,
+    with a relative ``a`` resolved against ``path``.
     """
     package = module_name(path, root)
     if path.name != "__init__.py":
@@ -42,15 +42,25 @@ def imported(path: Path, root: Path):
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
         if isinstance(node, ast.Import):
             for alias in node.names:
-                yield node.lineno, alias.name
+                yield node.lineno, alias.name, None
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
                 anchor = package.split(".")[: len(package.split(".")) - (node.level - 1)]
                 base = ".".join(anchor + ([base] if base else []))
-            yield node.lineno, base
-            for alias in node.names:
-                yield node.lineno, f"{base}.{alias.name}"
+            yield node.lineno, base, [alias.name for alias in node.names]
+
+
+def imported(path: Path, root: Path):
+    """Yield (line, module) for every import in ``path``, at any depth in the file.
+
+    ``from a import b`` yields both ``a`` and ``a.b``, since ``b`` may be a module
+    (``from exporter import use``). Relative imports are resolved against ``path``.
+    """
+    for line, base, names in import_statements(path, root):
+        yield line, base
+        for name in names or ():
+            yield line, f"{base}.{name}"
 
 
 def violations(files: list[Path], forbidden: tuple[str, ...], root: Path = PACKAGE.parent):
@@ -116,27 +126,6 @@ def test_the_check_sees_every_form_of_import(tmp_path):
 # in ``sys.modules`` before its body runs); a name taken from the package is counted.
 
 
-def _import_statements(path: Path, root: Path):
-    """Yield ``(line, base, names)`` for every import in ``path``, at any depth.
-
-    ``import a.b`` gives ``("a.b", None)``; ``from a import b, c`` gives ``("a", ["b", "c"])``,
-    with a relative ``a`` resolved against ``path``.
-    """
-    package = module_name(path, root)
-    if path.name != "__init__.py":
-        package = package.rpartition(".")[0]
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
-        if isinstance(node, ast.Import):
-            for alias in node.names:
-                yield node.lineno, alias.name, None
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                anchor = package.split(".")[: len(package.split(".")) - (node.level - 1)]
-                base = ".".join(anchor + ([base] if base else []))
-            yield node.lineno, base, [alias.name for alias in node.names]
-
-
 def import_graph(root: Path = PACKAGE.parent) -> dict[str, dict[str, int]]:
     """``{module: {module it imports: first line}}`` over every module under ``root/exporter``."""
     paths = {module_name(path, root): path for path in sorted((root / "exporter").rglob("*.py"))}
@@ -149,7 +138,7 @@ def import_graph(root: Path = PACKAGE.parent) -> dict[str, dict[str, int]]:
     graph = {}
     for name, path in paths.items():
         edges = graph[name] = {}
-        for line, base, names in _import_statements(path, root):
+        for line, base, names in import_statements(path, root):
             if names is None:
                 targets = [known(base)]
             else:  # ``from a import b``: the module ``a.b``, or a name defined in ``a``.

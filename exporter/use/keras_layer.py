@@ -17,8 +17,9 @@ the layer is trainable (toggling ``trainable`` shows at once); ``resolved_object
 ``load_options``; and hub's argument checks. What still differs, and why, is in
 ``docs/consuming.md`` ("Migrating from ``hub.KerasLayer``").
 
-On the JAX backend it runs frozen (``trainable=False``): the TensorFlow function is called on
-the host (``jax.pure_callback``); fine-tuning needs the TensorFlow backend.
+On the JAX backend it runs frozen or fine-tunes too: its weights are then Keras variables
+holding copies of the SavedModel's variables, and each call runs the TensorFlow function on
+the host with their values, differentiably (``exporter.use.jax_bridge``). PyTorch is refused.
 
 Migrating from tensorflow_hub means changing one import::
 
@@ -218,22 +219,16 @@ def _check_output_arguments(signature, output_key, as_dict) -> None:
         )
 
 
-def _check_backend(trainable: bool) -> None:
-    """Refuse what other backends cannot do: the weights are the SavedModel's tf.Variables,
-    which only TensorFlow trains; JAX runs the layer frozen (``_call_on_host``)."""
+def _check_backend() -> None:
+    """Refuse the backends that cannot call a TensorFlow function: TensorFlow runs it in
+    place, JAX on the host (``exporter.use.jax_bridge``); PyTorch cannot."""
     backend = keras.backend.backend()
-    if backend == "tensorflow" or (backend == "jax" and not trainable):
+    if backend in ("tensorflow", "jax"):
         return
-    if backend == "jax":
-        raise Error(
-            "exporter.KerasLayer fine-tunes on the TensorFlow backend only "
-            "(KERAS_BACKEND=tensorflow); on jax it runs frozen: pass trainable=False. "
-            "Received trainable=True."
-        )
     raise Error(
-        "exporter.KerasLayer needs the TensorFlow backend (KERAS_BACKEND=tensorflow), or jax "
-        f"for frozen inference; received {backend}. Load an export with "
-        "tf.saved_model.load(path) outside the model instead."
+        "exporter.KerasLayer needs the TensorFlow or JAX backend (KERAS_BACKEND=tensorflow "
+        f"or jax); received {backend}. Load an export with tf.saved_model.load(path) outside "
+        "the model instead."
     )
 
 
@@ -320,7 +315,7 @@ class KerasLayer(keras.layers.Layer):
         load_options: tf.saved_model.LoadOptions | None = None,
         **kwargs,
     ):
-        _check_backend(trainable)
+        _check_backend()
         _check_output_arguments(signature, output_key, signature_outputs_as_dict)
         if load_options is not None and not isinstance(load_options, tf.saved_model.LoadOptions):
             raise TypeError(
@@ -460,27 +455,35 @@ class KerasLayer(keras.layers.Layer):
             )
 
     def _track_restored_variables(self) -> None:
-        # Keras 3 wraps a tf.Variable without copying it, so the wrappers are the SavedModel's
-        # own variables; tracked before build, as TFSMLayer does (Keras 3.15). The order
-        # (variables, then any trainable one they omit) fixes the order in .keras files.
+        # Keras 3 wraps a tf.Variable without copying it, so on TensorFlow the wrappers are the
+        # SavedModel's own variables; tracked before build, as TFSMLayer does (Keras 3.15). On
+        # JAX they are copies, and the restored variables a scratch space (jax_bridge). The
+        # order (variables, then any trainable one they omit) fixes the order in .keras files.
         variables = list(getattr(self._loaded, "variables", []) or [])
         trainables = list(getattr(self._loaded, "trainable_variables", []) or [])
         trainable = {id(v) for v in trainables}
-        seen = set()
-        if keras.backend.backend() != "tensorflow":  # Frozen on JAX: TensorFlow holds them.
-            variables, trainables = [], []
+        on_jax = keras.backend.backend() == "jax"
+        seen, restored, self._wrappers = set(), [], []
         for variable in variables + trainables:
             if id(variable) in seen:
                 continue
             seen.add(id(variable))
+            restored.append(variable)
             wrapper = keras.Variable(
-                initializer=variable,
+                initializer=variable.numpy() if on_jax else variable,
                 trainable=id(variable) in trainable,
                 dtype=variable.dtype,
                 shape=variable.shape,
                 name=_safe_name(variable),
+                autocast=not on_jax,  # On JAX the values go back into the tf.Variables.
             )
             self._track_variable(wrapper)
+            self._wrappers.append(wrapper)
+        self._bridge = None
+        if on_jax:
+            from exporter.use import jax_bridge  # jax is an optional extra.
+
+            self._bridge = jax_bridge.Bridge(restored, [w.trainable for w in self._wrappers])
         losses = list(getattr(self._loaded, "regularization_losses", []) or [])
         if not all(callable(loss) for loss in losses):
             raise ValueError(
@@ -519,7 +522,12 @@ class KerasLayer(keras.layers.Layer):
         # no call is needed first, a toggle of `trainable` shows at once, and inside fit's
         # traced step they are graph tensors of that step (as add_loss in call() gave).
         losses = super()._get_own_losses()
-        if self.trainable:
+        if not self.trainable:
+            return losses
+        if self._bridge is not None:  # JAX: at the weights' values (traced ones in fit).
+            values = [w.value for w in self._wrappers]
+            losses.extend(self._bridge.losses(self._regularization_losses, values, True))
+        else:
             losses.extend(tf.cast(loss(), tf.float32) for loss in self._regularization_losses)
         return losses
 
@@ -572,19 +580,21 @@ class KerasLayer(keras.layers.Layer):
 
     def call(self, inputs, training=None):
         if keras.backend.backend() != "tensorflow":
-            return self._call_on_host(inputs)
+            return self._call_on_host(inputs, training)
         self._check_strategy()
         self._check_trainability()
         train = bool(training) and self.trainable  # hub's semantics: frozen is inference.
         return self._run(self._as_inputs(inputs, train), train)
 
-    def _call_on_host(self, inputs):
-        """On JAX: the TensorFlow function run on the host (``jax.pure_callback``), frozen,
-        so the outputs are the TensorFlow backend's; under ``jit`` too."""
+    def _call_on_host(self, inputs, training):
+        """On JAX: the TensorFlow function run on the host with the weights' values
+        (``jax_bridge``), so the outputs are the TensorFlow backend's, under ``jit`` too;
+        differentiable, and a training call updates the non-trainable weights."""
         import jax
 
-        _check_backend(self.trainable)  # trainable may have been set since.
-        specs = self.compute_output_spec(inputs)
+        self._check_trainability()
+        train = bool(training) and self.trainable
+        specs = self.compute_output_spec(inputs, training)
         unknown = [t.shape for t in tf.nest.flatten(specs) if None in t.shape]
         if unknown:
             raise Error(
@@ -594,12 +604,17 @@ class KerasLayer(keras.layers.Layer):
         shapes = tf.nest.map_structure(
             lambda t: jax.ShapeDtypeStruct(tuple(t.shape), t.dtype), specs
         )
+        values = [w.value for w in self._wrappers]
 
-        def host(values):
-            outputs = self._run(self._as_inputs(values, False), False)
-            return tf.nest.map_structure(lambda t: np.asarray(t), outputs)
+        def run(tf_inputs):
+            return self._run(self._as_inputs(tf_inputs, train), train)
 
-        return jax.pure_callback(host, shapes, inputs, vmap_method="sequential")
+        outputs, after = self._bridge.call(run, values, inputs, shapes, train, self.trainable)
+        if train:  # Batch norm's moving statistics, as the TensorFlow backend updates them.
+            kept = [w for w in self._wrappers if not w.trainable]
+            for wrapper, value in zip(kept, after, strict=True):
+                wrapper.assign(value)
+        return outputs
 
     def _run(self, inputs, train: bool):
         """The SavedModel's function on TensorFlow ``inputs``: outputs selected, shaped, cast."""

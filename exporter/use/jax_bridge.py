@@ -6,24 +6,43 @@ SavedModel's ``tf.Variable``s, in the same order as on TensorFlow. A call passes
 current values to the host (``jax.pure_callback``), which assigns them into the restored
 ``tf.Variable``s (a scratch space, under a lock), runs the SavedModel's function, and returns
 its outputs and the new values of the non-trainable variables (batch norm's moving
-statistics after a training call). A ``jax.custom_vjp`` gives the gradients: the backward
-callback assigns the same values again and recomputes the call under ``tf.GradientTape``,
-so it sees the same batch statistics (and the same dropout masks where the SavedModel's
-randomness lives in its variables, as Keras 3's seed generators do). The regularization
-losses are evaluated the same way. The numbers are TensorFlow's, eagerly and under ``jit``.
+statistics after a training call). A ``jax.custom_vjp`` gives the gradients: when JAX
+differentiates the call, the host runs it under a ``tf.GradientTape`` and keeps the tape
+until the backward callback asks it for the gradients w.r.t. the inputs and the trainable
+values, so they belong to the very call whose outputs JAX got (its batch statistics, its
+dropout masks). The regularization losses are evaluated the same way (run again for their
+gradients: they draw nothing at random). The numbers are TensorFlow's, eagerly and under
+``jit``.
 
 Imported only on the JAX backend (jax is an optional extra).
 """
 
 from __future__ import annotations
 
+import collections
+import functools
+import itertools
 import threading
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import tensorflow as tf
+
+KEPT_TAPES = 8  # Forward passes whose tape waits for its backward pass, at most.
+
+
+class _Taped(NamedTuple):
+    """One call on the host: its tape (None if not differentiated), its input leaves, the
+    floating ones and the variables it watched, and its outputs."""
+
+    tape: tf.GradientTape | None
+    leaves: list
+    watched: list
+    wanted: list
+    outputs: object
 
 
 class Bridge:
@@ -39,6 +58,8 @@ class Bridge:
         self.restored = list(restored)
         self.trainable = list(trainable)
         self._lock = threading.Lock()  # The tf.Variables are shared by every call.
+        self._tapes: collections.OrderedDict[int, _Taped] = collections.OrderedDict()
+        self._keys = itertools.count(1)
 
     def _assign(self, values) -> None:
         for variable, value in zip(self.restored, values, strict=True):
@@ -49,26 +70,57 @@ class Bridge:
             return []
         return [i for i, v in enumerate(self.restored) if self.trainable[i] and _floating(v)]
 
+    def _run(self, run: Callable, values, inputs, variables: bool | None) -> _Taped:
+        """On the host: ``run`` at ``values`` (under a tape unless ``variables`` is None)."""
+        self._assign(values)
+        tf_inputs = _to_tf(inputs)
+        leaves = tf.nest.flatten(tf_inputs)
+        if variables is None:
+            return _Taped(None, leaves, [], [], run(tf_inputs))
+        watched = [x for x in leaves if x.dtype.is_floating]
+        wanted = [self.restored[i] for i in self._differentiated(variables)]
+        with tf.GradientTape(watch_accessed_variables=False) as tape:
+            tape.watch(watched)
+            tape.watch(wanted)
+            outputs = run(tf_inputs)
+        return _Taped(tape, leaves, watched, wanted, outputs)
+
+    def _keep(self, taped: _Taped) -> int:
+        key = next(self._keys)
+        self._tapes[key] = taped
+        while len(self._tapes) > KEPT_TAPES:  # A backward pass that never came.
+            self._tapes.popitem(last=False)
+        return key
+
     def call(self, run: Callable, values, inputs, output_shapes, train: bool, variables: bool):
         """``run(tf_inputs)``'s outputs (``output_shapes``, a nest of ``ShapeDtypeStruct``),
         and the non-trainable values after it, differentiable w.r.t. ``inputs`` and, if
-        ``variables``, the trainable ``values``."""
+        ``variables``, the trainable ``values``.
+
+        Differentiated, the forward call runs under a tape kept on the host (by a key) for
+        the backward pass, so the gradients are those of the very call whose outputs JAX
+        got (the same dropout masks). If that tape is gone, the call is run again.
+        """
         values = list(values)
         kept = [i for i, trainable in enumerate(self.trainable) if not trainable]
         kept_shapes = [_struct(values[i]) for i in kept]
+        key_shape = jax.ShapeDtypeStruct((), jnp.int32)
 
-        def forward(values, inputs):
+        def forward(values, inputs, taped=False):
             with self._lock:
-                self._assign(values)
-                outputs = run(_to_tf(inputs))
+                done = self._run(run, values, inputs, variables if taped else None)
                 after = [self.restored[i].numpy() for i in kept]
-            outputs = jax.tree.map(_to_numpy, _to_tf(outputs), output_shapes)
-            return outputs, [_to_numpy(a, s) for a, s in zip(after, kept_shapes, strict=True)]
+                key = np.int32(self._keep(done) if taped else 0)
+            outputs = jax.tree.map(_to_numpy, done.outputs, output_shapes)
+            after = [_to_numpy(a, s) for a, s in zip(after, kept_shapes, strict=True)]
+            return (outputs, after, key) if taped else (outputs, after)
 
-        def backward(values, inputs, cotangents):
+        def backward(key, values, inputs, cotangents):
             with self._lock:
-                self._assign(values)
-                return self._gradients(run, inputs, cotangents, variables)
+                done = self._tapes.pop(int(key), None)
+                if done is None:
+                    done = self._run(run, values, inputs, variables)
+            return _gradients(done, cotangents)
 
         @jax.custom_vjp
         def bridged(values, inputs):
@@ -76,10 +128,15 @@ class Bridge:
             return jax.pure_callback(forward, shapes, values, inputs, vmap_method="sequential")
 
         def bridged_fwd(values, inputs):
-            return bridged(values, inputs), (values, inputs)
+            shapes = (output_shapes, kept_shapes, key_shape)
+            outputs, after, key = jax.pure_callback(
+                functools.partial(forward, taped=True), shapes, values, inputs,
+                vmap_method="sequential",
+            )  # fmt: skip
+            return (outputs, after), (key, values, inputs)
 
         def bridged_bwd(residuals, cotangents):
-            values, inputs = residuals
+            key, values, inputs = residuals
             cotangents = jax.tree.map(_or_none, cotangents[0], output_shapes)
             wanted = self._differentiated(variables)
             input_leaves = jax.tree.leaves(inputs)
@@ -88,7 +145,7 @@ class Bridge:
                 [_struct(x) if _floating(x) else None for x in input_leaves],
             )
             var_grads, input_grads = jax.pure_callback(
-                backward, shapes, values, inputs, cotangents, vmap_method="sequential"
+                backward, shapes, key, values, inputs, cotangents, vmap_method="sequential"
             )
             value_grads = [_zeros(v) for v in values]
             for i, grad in zip(wanted, var_grads, strict=True):
@@ -101,29 +158,6 @@ class Bridge:
 
         bridged.defvjp(bridged_fwd, bridged_bwd)
         return bridged(values, inputs)
-
-    def _gradients(self, run: Callable, inputs, cotangents, variables: bool):
-        """On the host: the call again under a tape; gradients of the outputs (weighted by
-        ``cotangents``) w.r.t. the floating inputs and the wanted variables."""
-        wanted = [self.restored[i] for i in self._differentiated(variables)]
-        tf_inputs = _to_tf(inputs)
-        leaves = tf.nest.flatten(tf_inputs)
-        watched = [x for x in leaves if x.dtype.is_floating]
-        with tf.GradientTape(watch_accessed_variables=False) as tape:
-            tape.watch(watched)
-            tape.watch(wanted)
-            outputs = run(tf_inputs)
-        pairs = [
-            (y, tf.convert_to_tensor(c, y.dtype))
-            for y, c in zip(tf.nest.flatten(outputs), tf.nest.flatten(cotangents), strict=True)
-            if c is not None and y.dtype.is_floating
-        ]
-        targets, weights = [p[0] for p in pairs], [p[1] for p in pairs]
-        sources = watched + wanted
-        grads = _dense(tape.gradient(targets, sources, output_gradients=weights), sources)
-        by_input = iter(grads[: len(watched)])
-        input_grads = [next(by_input) if x.dtype.is_floating else None for x in leaves]
-        return grads[len(watched) :], input_grads
 
     def losses(self, losses: Sequence[Callable], values, variables: bool) -> list:
         """Each of the zero-argument ``losses`` of the restored variables, at ``values``, as a
@@ -165,6 +199,22 @@ class Bridge:
         evaluated.defvjp(lambda values: (evaluated(values), values), evaluated_bwd)
         total = evaluated(values)
         return [total[i] for i in range(count)]
+
+
+def _gradients(done: _Taped, cotangents):
+    """The gradients of ``done``'s outputs (weighted by ``cotangents``) w.r.t. its floating
+    inputs (None for the others) and its wanted variables, as NumPy arrays."""
+    pairs = [
+        (y, tf.convert_to_tensor(c, y.dtype))
+        for y, c in zip(tf.nest.flatten(done.outputs), tf.nest.flatten(cotangents), strict=True)
+        if c is not None and y.dtype.is_floating
+    ]
+    targets, weights = [p[0] for p in pairs], [p[1] for p in pairs]
+    sources = done.watched + done.wanted
+    grads = _dense(done.tape.gradient(targets, sources, output_gradients=weights), sources)
+    by_input = iter(grads[: len(done.watched)])
+    input_grads = [next(by_input) if x.dtype.is_floating else None for x in done.leaves]
+    return grads[len(done.watched) :], input_grads
 
 
 def _floating(value) -> bool:

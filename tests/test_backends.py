@@ -60,14 +60,12 @@ def test_an_in_memory_model_exports_from_a_backend(backend, tmp_path):
     assert results["mobilenet_origin"] == {"backend": backend, "version": keras.__version__}
     came_from = f"came from Keras {keras.__version__} on the {backend} backend"
     assert came_from in results["mobilenet_card"]
-    if backend == "jax":  # Frozen inference, numbers as TensorFlow's; no fine-tuning.
-        assert results["keras_layer_eager"]["gap"] == results["keras_layer_jit"]["gap"] == 0
-        assert "on jax it runs frozen: pass trainable=False" in results["keras_layer_trainable"]
+    if backend == "jax":
+        _keras_layer_on_jax(results, tmp_path)
     else:
-        assert results["keras_layer_trainable"] == results["keras_layer_frozen"]
-        assert results["keras_layer_frozen"].startswith(
-            "exporter.KerasLayer needs the TensorFlow backend (KERAS_BACKEND=tensorflow), or "
-            f"jax for frozen inference; received {backend}."
+        assert results["keras_layer_refused"].startswith(
+            "exporter.KerasLayer needs the TensorFlow or JAX backend (KERAS_BACKEND=tensorflow "
+            f"or jax); received {backend}."
         )
     # A registered custom layer crosses; an unregistered one is refused, nothing written.
     _close(results["custom"], "registered custom layer")
@@ -79,6 +77,37 @@ def test_an_in_memory_model_exports_from_a_backend(backend, tmp_path):
     assert results["vit_fv_width"] == 8
     assert "exactly 32 pixels" in results["vit_other_size"]
     assert results["vit_check"]
+
+
+def _keras_layer_on_jax(results: dict, tmp_path) -> None:
+    """exporter.KerasLayer in a JAX model: frozen, the SavedModel's numbers exactly; trainable,
+    fine-tuned with TensorFlow's numbers (the same steps are repeated here, on TensorFlow)."""
+    assert results["keras_layer_eager"]["gap"] == results["keras_layer_jit"]["gap"] == 0
+    assert results["keras_layer_frozen_losses"] == 0  # Frozen: no regularization losses.
+    _close(results["keras_layer_tuned"], "KerasLayer(trainable=True) on jax")
+    _close(results["keras_layer_training"], "a training call on jax (batch statistics)")
+    assert results["keras_layer_moving"] <= 1e-5, "moving statistics after a training call"
+    _close(results["keras_layer_losses"], "regularization losses on jax")
+    jax = dict(np.load(tmp_path / "fine_tuned_jax.npz"))
+    assert len(jax["losses"]) > 0  # weight_decay: the export has regularization losses.
+    gap = np.abs(jax["training"] - jax["inference"]).max()
+    assert gap > 1e-2 * np.abs(jax["inference"]).max(), "training=True used batch statistics"
+    # The regularization losses count in the loss: evaluate = mse + sum(model.losses).
+    np.testing.assert_allclose(*jax["evaluated"], rtol=1e-5)
+    assert jax["moved"].mean() > 0.5, f"{jax['moved'].sum()} of {jax['moved'].size} moved"
+    assert jax["next_loss"][0] < jax["first_loss"][0], "fit's first step lowered the loss"
+    import backends_worker  # On TensorFlow, in this process: the same steps.
+
+    tensorflow = backends_worker.fine_tune(tmp_path / "mobilenet")
+    assert sorted(tensorflow) == sorted(jax)
+    weights = max(float(np.abs(v).max()) for k, v in tensorflow.items() if k.startswith("step_"))
+    for key, expected in tensorflow.items():  # All but the second step's loss.
+        if key == "next_loss":
+            continue
+        # The weights after one step, on the scale of all of them (some are near zero).
+        scale = weights if key.startswith("step_") else max(float(np.abs(expected).max()), 1e-3)
+        gap = float(np.abs(jax[key].astype(float) - expected.astype(float)).max())
+        assert gap <= 1e-5 * scale, f"{key}: jax differs from tensorflow by {gap} (scale {scale})"
 
 
 def test_both_clis_run_tensorflow_whatever_keras_backend_says(tmp_path):

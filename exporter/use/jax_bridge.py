@@ -95,16 +95,11 @@ class Bridge:
     def call(self, run: Callable, values, inputs, output_shapes, train: bool, variables: bool):
         """``run(tf_inputs)``'s outputs (``output_shapes``, a nest of ``ShapeDtypeStruct``),
         and the non-trainable values after it, differentiable w.r.t. ``inputs`` and, if
-        ``variables``, the trainable ``values``.
-
-        Differentiated, the forward call runs under a tape kept on the host (by a key) for
-        the backward pass, so the gradients are those of the very call whose outputs JAX
-        got (the same dropout masks). If that tape is gone, the call is run again.
-        """
+        ``variables``, the trainable ``values`` (from the forward call's tape, kept by a key;
+        if it is gone, the call is run again)."""
         values = list(values)
         kept = [i for i, trainable in enumerate(self.trainable) if not trainable]
         kept_shapes = [_struct(values[i]) for i in kept]
-        key_shape = jax.ShapeDtypeStruct((), jnp.int32)
 
         def forward(values, inputs, taped=False):
             with self._lock:
@@ -128,7 +123,7 @@ class Bridge:
             return jax.pure_callback(forward, shapes, values, inputs, vmap_method="sequential")
 
         def bridged_fwd(values, inputs):
-            shapes = (output_shapes, kept_shapes, key_shape)
+            shapes = (output_shapes, kept_shapes, jax.ShapeDtypeStruct((), jnp.int32))
             outputs, after, key = jax.pure_callback(
                 functools.partial(forward, taped=True), shapes, values, inputs,
                 vmap_method="sequential",
@@ -147,14 +142,12 @@ class Bridge:
             var_grads, input_grads = jax.pure_callback(
                 backward, shapes, key, values, inputs, cotangents, vmap_method="sequential"
             )
-            value_grads = [_zeros(v) for v in values]
-            for i, grad in zip(wanted, var_grads, strict=True):
-                value_grads[i] = grad
             input_grads = [
                 _zeros(x) if g is None else g
                 for x, g in zip(input_leaves, input_grads, strict=True)
             ]
-            return value_grads, jax.tree.unflatten(jax.tree.structure(inputs), input_grads)
+            input_grads = jax.tree.unflatten(jax.tree.structure(inputs), input_grads)
+            return _value_grads(values, wanted, var_grads), input_grads
 
         bridged.defvjp(bridged_fwd, bridged_bwd)
         return bridged(values, inputs)
@@ -191,10 +184,7 @@ class Bridge:
             wanted = self._differentiated(variables)
             shapes = [_struct(values[i]) for i in wanted]
             grads = jax.pure_callback(backward, shapes, values, cotangent, vmap_method="sequential")
-            value_grads = [_zeros(v) for v in values]
-            for i, grad in zip(wanted, grads, strict=True):
-                value_grads[i] = grad
-            return (value_grads,)
+            return (_value_grads(values, wanted, grads),)
 
         evaluated.defvjp(lambda values: (evaluated(values), values), evaluated_bwd)
         total = evaluated(values)
@@ -215,6 +205,14 @@ def _gradients(done: _Taped, cotangents):
     by_input = iter(grads[: len(done.watched)])
     input_grads = [next(by_input) if x.dtype.is_floating else None for x in done.leaves]
     return grads[len(done.watched) :], input_grads
+
+
+def _value_grads(values, wanted: list[int], grads) -> list:
+    """The cotangents of all ``values``: ``grads`` at the ``wanted`` ones, zeros elsewhere."""
+    value_grads = [_zeros(v) for v in values]
+    for i, grad in zip(wanted, grads, strict=True):
+        value_grads[i] = grad
+    return value_grads
 
 
 def _floating(value) -> bool:

@@ -237,9 +237,10 @@ class KerasLayer(keras.layers.Layer):
     """Wrap a reusable SavedModel as a Keras 3 layer that can be fine-tuned.
 
     The SavedModel's variables become the layer's weights, shared with the restored object:
-    training updates them in place. Its ``trainable_variables`` are trainable weights only
-    when the layer is trainable, and ``training=True`` reaches the SavedModel only then
-    (batch norm on batch statistics, updating its moving averages; dropout on). While
+    training updates them in place (on JAX the weights are copies, handed to the SavedModel
+    at each call: ``exporter.use.jax_bridge``). Its ``trainable_variables`` are trainable
+    weights only when the layer is trainable, and ``training=True`` reaches the SavedModel
+    only then (batch norm on batch statistics, updating its moving averages; dropout on). While
     trainable, ``layer.losses`` (and so ``model.losses``) holds the SavedModel's
     ``regularization_losses``, evaluated whenever they are read; toggling ``trainable``
     shows at once.

@@ -60,10 +60,22 @@ class Bridge:
         self._lock = threading.Lock()  # The tf.Variables are shared by every call.
         self._tapes: collections.OrderedDict[int, _Taped] = collections.OrderedDict()
         self._keys = itertools.count(1)
+        self._assigned: list[np.ndarray | None] = [None] * len(self.restored)
 
     def _assign(self, values) -> None:
-        for variable, value in zip(self.restored, values, strict=True):
+        # One assign op per variable costs more than the call itself on a small model: a
+        # variable whose value is what was assigned last (frozen, inference) is skipped.
+        for i, (variable, value) in enumerate(zip(self.restored, values, strict=True)):
+            last = self._assigned[i]
+            if last is not None and last.shape == value.shape and np.array_equal(last, value):
+                continue
             variable.assign(tf.cast(value, variable.dtype))
+            self._assigned[i] = np.array(value, copy=True)
+
+    def _changed(self, indices) -> None:
+        """The SavedModel itself assigned these variables (a training call)."""
+        for i in indices:
+            self._assigned[i] = None
 
     def _differentiated(self, variables: bool) -> list[int]:
         if not variables:
@@ -106,6 +118,8 @@ class Bridge:
                 done = self._run(run, values, inputs, variables if taped else None)
                 after = [self.restored[i].numpy() for i in kept]
                 key = np.int32(self._keep(done) if taped else 0)
+                if train:
+                    self._changed(kept)
             outputs = jax.tree.map(_to_numpy, done.outputs, output_shapes)
             after = [_to_numpy(a, s) for a, s in zip(after, kept_shapes, strict=True)]
             return (outputs, after, key) if taped else (outputs, after)
@@ -115,6 +129,8 @@ class Bridge:
                 done = self._tapes.pop(int(key), None)
                 if done is None:
                     done = self._run(run, values, inputs, variables)
+                    if train:
+                        self._changed(kept)
             return _gradients(done, cotangents)
 
         @jax.custom_vjp

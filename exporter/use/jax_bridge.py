@@ -82,9 +82,11 @@ class Bridge:
             return []
         return [i for i, v in enumerate(self.restored) if self.trainable[i] and _floating(v)]
 
-    def _run(self, run: Callable, values, inputs, variables: bool | None) -> _Taped:
-        """On the host: ``run`` at ``values`` (under a tape unless ``variables`` is None)."""
+    def _run(self, run: Callable, values, inputs, variables: bool | None, changed) -> _Taped:
+        """On the host: ``run`` at ``values`` (under a tape unless ``variables`` is None),
+        which assigns the variables at the indices ``changed`` itself."""
         self._assign(values)
+        self._changed(changed)
         tf_inputs = _to_tf(inputs)
         leaves = tf.nest.flatten(tf_inputs)
         if variables is None:
@@ -112,14 +114,13 @@ class Bridge:
         values = list(values)
         kept = [i for i, trainable in enumerate(self.trainable) if not trainable]
         kept_shapes = [_struct(values[i]) for i in kept]
+        changed = kept if train else []  # What a training call assigns itself.
 
         def forward(values, inputs, taped=False):
             with self._lock:
-                done = self._run(run, values, inputs, variables if taped else None)
+                done = self._run(run, values, inputs, variables if taped else None, changed)
                 after = [self.restored[i].numpy() for i in kept]
                 key = np.int32(self._keep(done) if taped else 0)
-                if train:
-                    self._changed(kept)
             outputs = jax.tree.map(_to_numpy, done.outputs, output_shapes)
             after = [_to_numpy(a, s) for a, s in zip(after, kept_shapes, strict=True)]
             return (outputs, after, key) if taped else (outputs, after)
@@ -128,9 +129,7 @@ class Bridge:
             with self._lock:
                 done = self._tapes.pop(int(key), None)
                 if done is None:
-                    done = self._run(run, values, inputs, variables)
-                    if train:
-                        self._changed(kept)
+                    done = self._run(run, values, inputs, variables, changed)
             return _gradients(done, cotangents)
 
         @jax.custom_vjp

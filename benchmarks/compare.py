@@ -37,7 +37,8 @@ Writes ``compare-STAMP.json`` (machine, versions, every raw value), ``compare-ST
 printed) and, with ``pip install 'tfhub-exporter[bench]'`` (matplotlib), a PNG of the ours / anchor
 ratios and one of export time and peak RSS against parameter count (and export time against
 the graph's size, ``saved_model.pb``), to ``--results_dir``. Progress goes to stderr. A default
-run takes about an hour on 2 cores; ``--backbones=all`` is for a person, not CI (add
+run takes about an hour on 2 cores, plus jax_export's 6 processes a backbone (MobileNetV2
+and ViT-B/16: 8 minutes together); ``--backbones=all`` is for a person, not CI (add
 ``--figures=export --exporters=ours`` for the export survey of all 40 backbones: 30 minutes).
 """
 

@@ -3,7 +3,7 @@
 Usage:
     python benchmarks/compare.py
         [--backbones=mobilenet_v2,resnet50,efficientnet_v2_s,keras_hub_vit_b16|all]
-        [--figures=export,load,latency,finetune] [--exporters=ours,keras3,tf_keras]
+        [--figures=export,load,latency,finetune,jax_export] [--exporters=ours,keras3,tf_keras]
         [--repeats=3] [--size=224] [--batches=1,16] [--calls=10] [--finetune_batch=16]
         [--finetune_steps=5] [--results_dir=benchmarks/results] [--scratch=DIR]
 
@@ -24,12 +24,21 @@ downloaded. Figures, per backbone:
 - ``finetune``: seconds per ``train_on_batch`` step of tf-keras + ``hub.KerasLayer(ours,
   trainable=True)`` + a Dense head, against the tf_keras.applications backbone (same
   preprocessing, same head) trained natively; same batch and size.
+- ``jax_export``: export from a JAX training process. One ``KERAS_BACKEND=jax`` process
+  imports Keras, builds the model (the keras.applications backbone at free sizes, pooled,
+  or the keras-hub ImageClassifier) and exports it: ours with
+  ``exporter.export_feature_vector(model, ...)``, which rebuilds it under TensorFlow in a
+  child process, against Keras 3's own ``model.export(format="tf_saved_model")`` (jax2tf).
+  Wall time, CPU time and peak RSS of the whole process, the rebuild child included (peak
+  RSS both as wait4 reports it, the larger of the two processes, and as the sampled sum of
+  the process tree), with the import, build and export call timed in the process.
 
 Writes ``compare-STAMP.json`` (machine, versions, every raw value), ``compare-STAMP.md`` (also
 printed) and, with ``pip install 'tfhub-exporter[bench]'`` (matplotlib), a PNG of the ours / anchor
 ratios and one of export time and peak RSS against parameter count (and export time against
 the graph's size, ``saved_model.pb``), to ``--results_dir``. Progress goes to stderr. A default
-run takes about an hour on 2 cores; ``--backbones=all`` is for a person, not CI (add
+run takes about an hour on 2 cores, plus jax_export's 6 processes a backbone (MobileNetV2
+and ViT-B/16: 8 minutes together); ``--backbones=all`` is for a person, not CI (add
 ``--figures=export --exporters=ours`` for the export survey of all 40 backbones: 30 minutes).
 """
 
@@ -55,7 +64,9 @@ _CHECKOUT = (REPO / "exporter" / "__init__.py").is_file()
 if _CHECKOUT and str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-FIGURE_GROUPS = ("export", "load", "latency", "finetune")
+FIGURE_GROUPS = ("export", "load", "latency", "finetune", "jax_export")
+# Seconds between samples of a jax_export process tree's summed RSS (launcher.TREE_RSS_METHOD).
+TREE_SAMPLE_S = 0.05
 # The keras-hub ViT-B/16 (workers.KERAS_HUB) is measured against model.export of its classifier.
 DEFAULT_BACKBONES = ["mobilenet_v2", "resnet50", "efficientnet_v2_s", "keras_hub_vit_b16"]
 
@@ -69,7 +80,9 @@ _FIGURES = flags.DEFINE_list(
     "figures",
     list(FIGURE_GROUPS),
     f"Which figures to measure: {', '.join(FIGURE_GROUPS)} "
-    "(export includes the sizes on disk, load the first call).",
+    "(export includes the sizes on disk, load the first call; jax_export is the export "
+    "from a KERAS_BACKEND=jax process, ours' in-memory export against Keras 3's "
+    "model.export there, whatever --exporters says).",
 )
 _EXPORTERS = flags.DEFINE_list(
     "exporters",
@@ -146,7 +159,7 @@ class Job:
     """One child process: a measurement (``repeat`` set) or setup for one (``repeat`` None)."""
 
     backbone: str
-    group: str  # prepare, setup, export, load, latency or finetune
+    group: str  # prepare, setup, export, load, latency, finetune or jax_export
     variant: str
     repeat: int | None
     task: str | None = None  # A worker task; None runs ``argv`` (our export CLI).
@@ -154,6 +167,7 @@ class Job:
     argv: list[str] = dataclasses.field(default_factory=list)
     out: Path | None = None  # An export directory it writes (cleared first).
     needs: tuple[Path, ...] = ()  # Files an earlier job must have made.
+    env: dict = dataclasses.field(default_factory=dict)  # Set in its environment.
 
     def describe(self) -> str:
         what = f"{self.backbone} {self.group} {self.variant}"
@@ -259,6 +273,37 @@ def plan_backbone(
                         "preprocessing": facts.preprocessing}  # fmt: skip
                 needs = (ours_ready,) if v == "hub_layer" else ()
                 add("finetune", v, r, task="finetune", spec=spec, needs=needs)
+    if "jax_export" in groups:
+        if facts.fixed_size:
+            notes.append(
+                f"{name}: no jax_export figures (they build the model at free sizes, "
+                f"and {name} only works at {facts.native_size}x{facts.native_size})."
+            )
+        else:
+            model = {
+                "constructor": facts.build.__name__,
+                "preprocessing": facts.preprocessing,
+                "native_size": facts.native_size,
+                "min_size": facts.min_size,
+            }
+            jobs += plan_jax(name, model, scratch)
+    return jobs
+
+
+def plan_jax(name: str, model: dict, scratch: Path) -> list[Job]:
+    """The jax_export group of one model: ours and Keras 3's export, each in a fresh
+    ``KERAS_BACKEND=jax`` process, ``--repeats`` times, interleaved.
+
+    ``model`` is the worker's description of it: a keras.applications ``constructor`` with
+    its ``preprocessing``, ``native_size`` and ``min_size``, or a keras-hub ``config``.
+    """
+    jobs = []
+    for r in range(_REPEATS.value):
+        for variant in harness.rotated(list(harness.JAX_EXPORTERS), r):
+            out = scratch / f"export-{variant}"
+            spec = {**model, "exporter": variant.removesuffix("_jax"), "out": str(out)}
+            jobs.append(Job(name, "jax_export", variant, r, task="export_jax", spec=spec,
+                            out=out, env={"KERAS_BACKEND": "jax"}))  # fmt: skip
     return jobs
 
 
@@ -270,12 +315,19 @@ def plan_keras_hub(
     Both start from one preset folder: ours is the classification CLI on it (the task's own
     head), Keras 3's is ``model.export`` of the task ``ImageClassifier.from_preset`` loads.
     """
-    left_out = [g for g in groups if g != "export"] + [e for e in exporters if e == "tf_keras"]
+    left_out = [g for g in groups if g not in ("export", "jax_export")]
+    left_out += [e for e in exporters if e == "tf_keras"]
     if left_out:
         notes.append(f"{name}: only export figures, for ours and keras3 ({', '.join(left_out)} "
                      "left out: they are measured on keras.applications backbones).")  # fmt: skip
+    jax = plan_jax(name, {"config": harness.KERAS_HUB[name]}, scratch / "jax") if (
+        "jax_export" in groups) else []  # fmt: skip
+    if jax:
+        notes.append(f"{name}: jax_export builds the same random ImageClassifier in the JAX "
+                     "process; ours exports its feature vector (export_feature_vector(model)), "
+                     "Keras 3 the classifier (model.export).")  # fmt: skip
     if "export" not in groups:
-        return []
+        return jax
     notes.append(f"{name}: ours is python -m exporter.classification --backbone=PRESET (the "
                  "preset's own ImageClassifier head), Keras 3's is model.export of the same "
                  "ImageClassifier loaded from the same preset folder.")  # fmt: skip
@@ -293,7 +345,7 @@ def plan_keras_hub(
                 spec = {"preset": str(preset), "out": str(out)}
                 jobs.append(Job(name, "export", e, r, task="export_keras3_keras_hub", spec=spec,
                                 out=out, needs=(preset,)))  # fmt: skip
-    return jobs
+    return jobs + jax
 
 
 class Harness:
@@ -354,8 +406,10 @@ class Harness:
             ]
         self._say(f"{job.describe()} ...")
         child = harness.run_child(
-            argv, scratch / "logs" / f"{key}.log", cwd=scratch, env=self.env, timeout=_TIMEOUT.value
-        )
+            argv, scratch / "logs" / f"{key}.log", cwd=scratch, env={**self.env, **job.env},
+            timeout=_TIMEOUT.value,
+            sample_tree=TREE_SAMPLE_S if job.group == "jax_export" else None,
+        )  # fmt: skip
         record = {
             "backbone": job.backbone,
             "group": job.group,
@@ -366,6 +420,8 @@ class Harness:
             "cpu_s": child.cpu_s,
             "peak_rss_mb": child.peak_rss_bytes / harness.MB,
         }
+        if child.tree_peak_rss_bytes is not None:
+            record["tree_rss_mb"] = child.tree_peak_rss_bytes / harness.MB
         self.runs.append(record)
         if child.returncode != 0:
             tail = child.tail()
@@ -395,7 +451,7 @@ class Harness:
             )
         if job.group == "setup":
             return "ready"
-        if job.group == "export":
+        if job.group in ("export", "jax_export"):
             rss = child.peak_rss_bytes / harness.MB
             self._record(job, "export_wall_s", child.wall_s)
             self._record(job, "export_peak_rss_mb", rss)
@@ -415,6 +471,16 @@ class Harness:
                 ratio = sizes["variables_bytes"] / weights
                 self._record(job, "variables_ratio", ratio)
                 text += f" ({ratio:.2f}x the weights)"
+            if job.group == "jax_export":
+                tree = child.tree_peak_rss_bytes / harness.MB
+                self._record(job, "export_tree_rss_mb", tree)
+                self._record(job, "export_call_s", result["export_call_s"],
+                             import_s=result["import_s"], build_s=result["build_s"],
+                             stages=result["stages"])  # fmt: skip
+                text += (
+                    f"; tree RSS {tree:.0f} MB; import {result['import_s']:.1f} s, build "
+                    f"{result['build_s']:.1f} s, export call {result['export_call_s']:.1f} s"
+                )
             return text
         if job.group == "load":
             self._record(job, "load_s", result["load_s"])
@@ -538,6 +604,7 @@ def main(argv):
         "finetune_batch": _FINETUNE_BATCH.value,
         "finetune_steps": _FINETUNE_STEPS.value,
         "timeout_s": _TIMEOUT.value,
+        "tree_sample_s": TREE_SAMPLE_S,
         "python": sys.executable,
         "command": " ".join(sys.argv),
     }

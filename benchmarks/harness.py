@@ -11,7 +11,8 @@ This module is the one entry the scripts and tests import; the code lives beside
 
 - ``figures``: the things compared, each figure's label and unit, the (ours, anchor) pairs.
 - ``planning``: which backbones are measured, and the rotated order of interleaved runs.
-- ``launcher``: child processes, with their wall time, CPU time and peak RSS.
+- ``launcher``: child processes, with their wall time, CPU time and peak RSS (and, where
+  asked, the sampled peak of their process tree's summed RSS).
 - ``sizes``: bytes of an export on disk and of a model's weights.
 - ``stats``: each group's median, min and max, and the ours / anchor ratios.
 - ``report``: the report's dictionary, its Markdown tables and the files written.
@@ -27,6 +28,7 @@ from figures import (
     EXPORTERS,
     FIGURES,
     FINETUNE_VARIANTS,
+    JAX_EXPORTERS,
     LATENCY_VARIANTS,
     SHORT_LABELS,
     VARIANT_LABELS,
@@ -34,7 +36,7 @@ from figures import (
     latency_figure,
     pairs_for,
 )
-from launcher import RSS_METHOD, ChildRun, run_child
+from launcher import RSS_METHOD, TREE_RSS_METHOD, ChildRun, run_child
 from machine import load_average, machine_info
 from planning import resolve_backbones, rotated
 from report import backbone_table, build_report, markdown, write_report
@@ -57,12 +59,14 @@ __all__ = [
     "KERAS_HUB",
     "FIGURES",
     "FINETUNE_VARIANTS",
+    "JAX_EXPORTERS",
     "LATENCY_VARIANTS",
     "MB",
     "RSS_METHOD",
     "SHORT_LABELS",
     "SKIPPED_EXIT",
     "TASKS",
+    "TREE_RSS_METHOD",
     "VARIANT_LABELS",
     "ChildRun",
     "Skipped",

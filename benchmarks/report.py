@@ -8,7 +8,7 @@ from pathlib import Path
 
 from charts import plot_ratios, plot_scaling
 from figures import EXPORTERS, SHORT_LABELS, VARIANT_LABELS
-from launcher import RSS_METHOD
+from launcher import RSS_METHOD, TREE_RSS_METHOD
 from stats import by_key, ratios, summaries
 
 
@@ -37,11 +37,15 @@ def build_report(
         The report, as ``markdown`` and ``write_report`` take it.
     """
     rows = summaries(measurements)
+    tree = {}
+    if any(m["figure"] == "export_tree_rss_mb" for m in measurements):
+        tree["tree_rss_method"] = TREE_RSS_METHOD.format(every=config["tree_sample_s"])
     return {
         "schema": 1,
         "machine": machine,
         "config": config,
         "rss_method": RSS_METHOD,
+        **tree,
         "backbones": backbones,
         "summary": rows,
         "ratios": ratios(rows),
@@ -139,6 +143,8 @@ def _header(report: dict) -> list[str]:
         f"of the things compared interleaved (A B C, B C A, ...); images {size}x{size}.",
         f"- Peak RSS: {report['rss_method']}.",
     ]
+    if report.get("tree_rss_method"):
+        lines.append(f"- Peak RSS, process tree summed: {report['tree_rss_method']}.")
     if config["repeats"] < 3:
         lines.append("- **Fewer than 3 repeats: a smoke run, not figures to publish.**")
     used = dict.fromkeys(r["variant"] for r in report["summary"])

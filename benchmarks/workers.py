@@ -252,12 +252,85 @@ def _task_export_keras3_keras_hub(spec: dict) -> dict:
     return _model_size(task)
 
 
+def _jax_model(spec: dict):
+    """The model a JAX user holds: a keras.applications backbone at free sizes, pooled, or
+    a keras-hub ImageClassifier (``spec['config']``); random weights, seeded."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    if "config" in spec:
+        return _keras_hub_task(spec["config"])
+    build = getattr(keras.applications, spec["constructor"])
+    return build(include_top=False, weights=None, pooling="avg", input_shape=(None, None, 3),
+                 **spec.get("options", {}))  # fmt: skip
+
+
+def _stage_times() -> list:
+    """Our stage lines as (stage, seconds), collected from the ``exporter`` logger."""
+    import logging
+
+    import exporter
+
+    found = []
+
+    class Collect(logging.Handler):
+        def emit(self, record):
+            name, sep, rest = record.getMessage().rpartition(" done in ")
+            if sep and rest.endswith(" s"):
+                found.append((name, float(rest[:-2])))
+
+    exporter.enable_stage_lines()  # Into the child's log, as the export CLI shows them.
+    logging.getLogger("exporter").addHandler(Collect())
+    return found
+
+
+def _task_export_jax(spec: dict) -> dict:
+    """One KERAS_BACKEND=jax process: import, build the model, export it (ours or Keras')."""
+    start = time.perf_counter()
+    import keras
+
+    backend = keras.backend.backend()
+    if backend != "jax":
+        raise RuntimeError(f"Expected KERAS_BACKEND=jax; this process runs {backend}.")
+    ours = spec["exporter"] == "ours"
+    if ours:
+        import exporter
+
+        stages = _stage_times()
+    imported = time.perf_counter()
+    model = _jax_model(spec)
+    built = time.perf_counter()
+    if ours:
+        options = {} if "config" in spec else {
+            k: spec[k] for k in ("preprocessing", "native_size", "min_size")}  # fmt: skip
+        exporter.export_feature_vector(model, spec["out"], **options)
+    else:
+        options = {}
+        if "config" not in spec:
+            # Keras 3.15's jax2tf export of a model at free sizes fails tracing its gradients
+            # (polymorphic height and width); it exports at one size, the batch left free.
+            size = spec["native_size"]
+            options["input_signature"] = [
+                keras.InputSpec(shape=(None, size, size, 3), dtype="float32")
+            ]
+        model.export(spec["out"], format="tf_saved_model", verbose=False, **options)
+    exported = time.perf_counter()
+    return {
+        **_model_size(model),
+        "import_s": imported - start,
+        "build_s": built - imported,
+        "export_call_s": exported - built,
+        "stages": stages if ours else [],
+    }
+
+
 TASKS = {
     "prepare": _task_prepare,
     "prepare_keras_hub": _task_prepare_keras_hub,
     "export_keras3_keras_hub": _task_export_keras3_keras_hub,
     "export_keras3": _task_export_keras3,
     "export_tf_keras": _task_export_tf_keras,
+    "export_jax": _task_export_jax,
     "load": _task_load,
     "latency": _task_latency,
     "finetune": _task_finetune,

@@ -249,3 +249,70 @@ def test_the_keras_hub_workers_export_one_preset_both_ways(tmp_path):
     images = np.random.default_rng(0).random((2, 32, 32, 3), dtype=np.float32)
     theirs, mine = tf.saved_model.load(str(keras3)), tf.saved_model.load(str(ours))
     np.testing.assert_allclose(mine(images), theirs.serve(images * 2.0 - 1.0), atol=1e-5)
+
+
+def test_the_tree_peak_counts_a_child_beside_its_parent(tmp_path):
+    """wait4's peak is the larger of a process and the child it waited for; the sampled tree
+    peak is their sum while both live (what an export through a rebuild child costs)."""
+    child = "import time; data = b'y' * 400_000_000; time.sleep(0.5)"
+    parent = (
+        "import subprocess, sys, time; data = b'x' * 300_000_000; "
+        f"subprocess.run([sys.executable, '-c', {child!r}], check=True)"
+    )
+    run = harness.run_child([sys.executable, "-c", parent], tmp_path / "p.log", sample_tree=0.05)
+    assert run.returncode == 0
+    assert 400e6 < run.peak_rss_bytes < 600e6  # The child's, not the sum.
+    assert run.tree_peak_rss_bytes > 700e6  # Both at once.
+    plain = harness.run_child([sys.executable, "-c", "pass"], tmp_path / "plain.log")
+    assert plain.tree_peak_rss_bytes is None
+
+
+def test_the_jax_export_group_is_selectable_and_labelled():
+    done = subprocess.run(
+        [sys.executable, str(COMPARE), "--figures=jax_exports"],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode != 0 and "known: export, load, latency, finetune, jax_export" in (
+        done.stderr
+    )
+    pairs = {pair for figure in harness.FIGURES for pair in harness.pairs_for(figure)}
+    assert ("ours_jax", "keras3_jax") in pairs
+    assert set(harness.JAX_EXPORTERS) <= set(harness.SHORT_LABELS)
+
+
+@pytest.mark.slow  # Two fresh JAX processes importing keras-hub, and ours' TensorFlow child.
+def test_the_jax_export_worker_exports_one_model_both_ways(tmp_path):
+    """compare.py's jax_export jobs on a tiny keras-hub ViT, as the harness runs them: a
+    KERAS_BACKEND=jax process builds it and exports it, ours through its rebuild child."""
+    import os
+
+    config = {
+        "family": "ViT", "image_size": 32, "num_classes": 3, "scale": 1 / 127.5, "offset": -1.0,
+        "backbone": {"image_shape": [32, 32, 3], "patch_size": 8, "num_layers": 1,
+                     "num_heads": 2, "hidden_dim": 16, "mlp_dim": 32},
+    }  # fmt: skip
+    env = {**os.environ, "KERAS_BACKEND": "jax", "PYTHONPATH": str(REPO)}
+    runs, results = {}, {}
+    for variant in ("ours", "keras3"):
+        out, result = tmp_path / variant, tmp_path / f"{variant}.json"
+        spec_path = tmp_path / f"{variant}.spec.json"
+        spec = {"config": config, "exporter": variant, "out": str(out), "result": str(result)}
+        spec_path.write_text(json.dumps(spec))
+        argv = [sys.executable, str(COMPARE), "--worker=export_jax", f"--spec={spec_path}"]
+        runs[variant] = harness.run_child(
+            argv, tmp_path / f"{variant}.log", cwd=REPO, env=env, timeout=600, sample_tree=0.05
+        )
+        assert runs[variant].returncode == 0, runs[variant].tail(30)
+        results[variant] = json.loads(result.read_text())
+        assert (out / "saved_model.pb").is_file()
+    assert results["ours"]["params"] == results["keras3"]["params"] > 1000
+    stages = dict(results["ours"]["stages"])
+    assert stages["rebuild under TensorFlow (jax -> tensorflow)"] > 0
+    # The rebuild child ran beside the JAX process: the tree's peak is more than either's.
+    assert runs["ours"].tree_peak_rss_bytes > 1.2 * runs["ours"].peak_rss_bytes
+    import numpy as np
+    import tensorflow as tf
+
+    images = np.random.default_rng(0).random((2, 32, 32, 3), dtype=np.float32)
+    ours, keras3 = (tf.saved_model.load(str(tmp_path / v)) for v in ("ours", "keras3"))
+    assert ours(images).shape == (2, 16) and keras3.serve(images * 2.0 - 1.0).shape == (2, 3)

@@ -42,6 +42,7 @@ from zoo_runner import OWN_HEADS  # noqa: E402
 import exporter  # noqa: E402
 from exporter.checking import input_range, savedmodel  # noqa: E402
 from exporter.checking.conformance import shape_free_call  # noqa: E402
+from exporter.making import save as exporter_save  # noqa: E402
 
 tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})  # See above.
 
@@ -304,16 +305,45 @@ def check_own_classifier(name: str, scratch: Path) -> None:
 def load(path: Path):
     """The reloaded export's ``__call__``, instantiated once per ``training`` value.
 
-    Called eagerly, a restored function is instantiated again, graph optimization and all,
-    for every new input shape (seconds each for the large backbones); the checks here call
-    it at up to three shapes per ``training`` value.
+    The copy is the one the export's own verification loaded from the same files, just
+    before they were moved to ``path`` (``_keep_verified_copy``): a second
+    ``tf.saved_model.load`` of a large backbone costs seconds, and its first calls instantiate
+    (graph optimization and all) what verification's calls already did. ``path`` must be the
+    export that was verified last. Called eagerly, a restored function is instantiated again
+    for every new input shape (seconds each for the large backbones); the checks here call it
+    at up to three shapes per ``training`` value, through one shape-free trace each.
     """
-    loaded = tf.saved_model.load(str(path))
+    loaded, verified = _VERIFIED.pop("loaded"), _VERIFIED.pop("path")
+    assert Path(path).name == Path(verified).name.split(".", 2)[1], (path, verified)
+    assert (Path(path) / "saved_model.pb").is_file(), path  # Moved into place.
 
     def call(images, training=False):
         return shape_free_call(loaded, training)(tf.convert_to_tensor(images))
 
     return call
+
+
+_VERIFIED: dict = {}
+
+
+def _keep_verified_copy() -> None:
+    """Keep the object each export's verification loads (``exporter.making.save._verify``)."""
+    verify = exporter_save._verify
+
+    def keeping(directory, references):
+        load = exporter_save.savedmodel.load
+
+        def kept(path, **kwargs):
+            _VERIFIED.update(loaded=load(path, **kwargs), path=path)
+            return _VERIFIED["loaded"]
+
+        exporter_save.savedmodel.load = kept
+        try:
+            return verify(directory, references)
+        finally:
+            exporter_save.savedmodel.load = load
+
+    exporter_save._verify = keeping
 
 
 @contextlib.contextmanager
@@ -329,6 +359,7 @@ def _raises(text: str):
 
 
 def main(name: str, own_head: bool) -> None:
+    _keep_verified_copy()
     scratch = Path(tempfile.mkdtemp(prefix=f"exporter-zoo-{name}-"))
     checks = (check_feature_vector, check_own_classifier) if own_head else (check_feature_vector,)
     try:

@@ -134,6 +134,9 @@ def _exit_now() -> None:
     seconds freeing TensorFlow's graphs and Keras' layers one object at a time, to no one's
     benefit (``BUILD_NOTES.md``, "CLI and console output"). Output is flushed first.
     """
+    copies = sys.modules.get("exporter.checking.private_copy")
+    if copies is not None:  # The verified copy's assets, which exit handlers would remove.
+        copies.remove_kept()
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()

@@ -20,12 +20,17 @@ NO_NETWORK = {"HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0
 
 def test_feature_vector_cli_exports_and_logs_each_stage(tmp_path):
     out = tmp_path / "nested" / "mobilenet_v2"
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
     # As a new user runs it: no TF_CPP_MIN_LOG_LEVEL of their own (the suite sets one).
     done = run_cli(
         "feature_vector", "--backbone=mobilenet_v2", "--weights=none", f"--out={out}",
-        env={"TF_CPP_MIN_LOG_LEVEL": None},
+        env={"TF_CPP_MIN_LOG_LEVEL": None, "TMPDIR": str(scratch)},
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
+    # The verified copy (exporter.checking.private_copy) is gone, though the command ends
+    # without running exit handlers (cli._exit_now).
+    assert not list(scratch.glob("exporter-load-*")), sorted(scratch.iterdir())
     for stage in ("build mobilenet_v2", "trace", "save", "verify"):
         assert f"{stage} done in" in done.stderr
     # Quiet by default: our stage lines and the result, none of TensorFlow's own logging.
@@ -136,11 +141,16 @@ def test_classification_cli_with_labels_and_weights_file(tmp_path, weights_file)
     labels = tmp_path / "labels.txt"
     labels.write_text("cat\ndog\nbird\n")
     out = tmp_path / "classifier"
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
     done = run_cli(
         "classification", "--backbone=mobilenet_v2", f"--weights={weights_file('mobilenet_v2')}",
         "--num_classes=3", f"--labels={labels}", f"--out={out}", "--weight_decay=1e-4",
+        env={"TMPDIR": str(scratch)},
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
+    # The verified copy kept its labels.txt while the loaded object lived; not past the end.
+    assert not list(scratch.glob("exporter-load-*")), sorted(scratch.iterdir())
     assert "load weights from" in done.stderr
     assert len(tf.saved_model.load(str(out)).regularization_losses) > 50
     assert (out / "assets" / "labels.txt").read_text().splitlines() == ["cat", "dog", "bird"]

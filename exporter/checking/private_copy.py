@@ -59,21 +59,25 @@ def make(source: str, graph: bytes, remote: bool) -> Path:
 
 
 def release(root: Path, keep_assets: bool) -> None:
-    """Remove the copy after loading; assets the loaded object points at stay until exit."""
-    if not keep_assets or not (root / "assets").is_dir():
+    """Remove the copy after loading; assets the loaded object points at stay until exit
+    (``remove_kept``), and an empty ``assets`` folder goes at once."""
+    assets = root / "assets"
+    if not keep_assets or not assets.is_dir() or not any(assets.iterdir()):
         shutil.rmtree(root, ignore_errors=True)
         return
     for entry in root.iterdir():
         if entry.name != "assets":
             (shutil.rmtree if entry.is_dir() else Path.unlink)(entry)
     if not _kept:
-        atexit.register(_remove_kept)
+        atexit.register(remove_kept)
     _kept.append(root)
 
 
-def _remove_kept() -> None:
-    for root in _kept:
-        shutil.rmtree(root, ignore_errors=True)
+def remove_kept() -> None:
+    """Remove the assets kept for loaded objects: at exit, or by a process that ends without
+    running exit handlers (``os._exit``) and has no use for the objects any more."""
+    while _kept:
+        shutil.rmtree(_kept.pop(), ignore_errors=True)
 
 
 def _copy_local(source: str, name: str, root: Path) -> None:

@@ -40,6 +40,7 @@ def _close(result: dict, what: str) -> None:
     assert result["gap"] <= TOLERANCE * result["scale"], f"{what}: {result}"
 
 
+@pytest.mark.slow  # Half a minute or more on 2 cores (docs/development.md).
 @pytest.mark.parametrize("backend", sorted(BACKENDS))
 def test_an_in_memory_model_exports_from_a_backend(backend, tmp_path):
     _skip_without(backend)

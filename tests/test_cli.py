@@ -84,6 +84,7 @@ def test_verbosity_flag_brings_tensorflow_logging_back():
     assert not console.running_cli(["python", "-m", "pytest", "tests"])
 
 
+@pytest.mark.slow  # Half a minute or more on 2 cores (docs/development.md).
 def test_export_clis_run_tensorflow_without_onednn_unless_the_user_chose():
     """Its allocator keeps what verification's release frees (BUILD_NOTES); TensorFlow reads
     the variable when it loads, so importing exporter must set it first."""

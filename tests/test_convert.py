@@ -197,6 +197,7 @@ def test_failed_verification_leaves_nothing(tmp_path, to):
     assert list(folder.iterdir()) == []
 
 
+@pytest.mark.slow  # Half a minute or more on 2 cores (docs/development.md).
 def test_efficientnet_b0_converts_to_onnx(export, tmp_path):
     """Its serving_default captures constant tensors (Keras 3 Normalization's mean and
     variance); tf2onnx's from_function made them inputs that no caller feeds."""

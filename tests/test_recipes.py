@@ -27,6 +27,7 @@ def image_folder(tmp_path):
     return tmp_path / "data"
 
 
+@pytest.mark.slow  # Half a minute or more on 2 cores (docs/development.md).
 def test_finetune_and_export_recipe(image_folder, tmp_path):
     out = tmp_path / "exports"
     command = [
@@ -73,6 +74,7 @@ def test_finetune_and_export_recipe_without_reachable_weights_says_so_in_one_lin
     assert not (tmp_path / "exports").exists()
 
 
+@pytest.mark.slow  # Half a minute or more on 2 cores (docs/development.md).
 def test_export_reproduces_the_finetuned_keras_model(image_folder, tmp_path):
     sys.path.insert(0, str(REPO / "recipes"))
     try:
@@ -100,6 +102,7 @@ def _finetune_export(*flags: str):
     return output
 
 
+@pytest.mark.slow  # Half a minute or more on 2 cores (docs/development.md).
 def test_finetune_export_recipe_resumes_and_re_exports_a_conforming_classifier(
     export, image_folder, tmp_path
 ):

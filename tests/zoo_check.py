@@ -42,7 +42,6 @@ from zoo_runner import OWN_HEADS  # noqa: E402
 import exporter  # noqa: E402
 from exporter.checking import input_range, savedmodel  # noqa: E402
 from exporter.checking.conformance import shape_free_call  # noqa: E402
-from exporter.making import save as exporter_save  # noqa: E402
 
 tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})  # See above.
 
@@ -327,23 +326,15 @@ _VERIFIED: dict = {}
 
 
 def _keep_verified_copy() -> None:
-    """Keep the object each export's verification loads (``exporter.making.save._verify``)."""
-    verify = exporter_save._verify
+    """Keep the object each export's verification loads (``exporter.making.save._verify``):
+    in this process nothing else calls ``savedmodel.load``, and ``load`` checks the path."""
+    load = savedmodel.load
 
-    def keeping(directory, references):
-        load = exporter_save.savedmodel.load
+    def kept(path, **kwargs):
+        _VERIFIED.update(loaded=load(path, **kwargs), path=path)
+        return _VERIFIED["loaded"]
 
-        def kept(path, **kwargs):
-            _VERIFIED.update(loaded=load(path, **kwargs), path=path)
-            return _VERIFIED["loaded"]
-
-        exporter_save.savedmodel.load = kept
-        try:
-            return verify(directory, references)
-        finally:
-            exporter_save.savedmodel.load = load
-
-    exporter_save._verify = keeping
+    savedmodel.load = kept
 
 
 @contextlib.contextmanager

@@ -20,6 +20,7 @@ import contextlib
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import tensorflow as tf
@@ -138,6 +139,7 @@ def load(
     allow_unsafe_ops: bool = False,
     opt_in: str = OPT_IN,
     options: tf.saved_model.LoadOptions | None = None,
+    inspect: Callable[[saved_model_pb2.SavedModel], None] | None = None,
 ):
     """Read ``saved_model.pb`` once, scan it, copy it privately, vet the copy; load the copy.
 
@@ -147,6 +149,9 @@ def load(
         allow_unsafe_ops: Load it even if its graph holds ops that are not on the allowlist.
         opt_in: The error message's last sentence: how the caller's user allows unsafe ops.
         options: Passed to ``tf.saved_model.load``.
+        inspect: Called with the parsed ``saved_model.pb`` before the scan, so a caller
+            that needs the graph too (its tags, the conformance rules) does not read and
+            parse it a second time; what it raises ends the load.
 
     Returns:
         The restored object, as ``tf.saved_model.load`` returns it.
@@ -163,6 +168,8 @@ def load(
     """
     path, data = _read_pb(path)
     proto = _parse(path, data)
+    if inspect is not None:
+        inspect(proto)
     if not allow_unsafe_ops:
         refuse_unsafe(path, proto, opt_in)
     try:

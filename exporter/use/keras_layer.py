@@ -359,13 +359,12 @@ class KerasLayer(keras.layers.Layer):
         allowed = self.allow_unsafe_ops
         opt_in = _FILE_OPT_IN if _FROM_FILE.get() else _OPT_IN
         try:
-            proto = savedmodel.read(self.handle)
-            self._check_tags(proto)
             return savedmodel.load(
                 self.handle,
                 allow_unsafe_ops=allowed,
                 opt_in=opt_in,
                 options=self.load_options,
+                inspect=self._check_tags,
             )
         except savedmodel.UnreadableError as error:
             kind = FileNotFoundError if not Path(self.handle).exists() else ValueError

@@ -97,12 +97,12 @@ def run(export: Callable[[], Path]) -> None:
         progress.logger.info("exported to %s%s", path, note)
         _stop_unwinding()
         _exit_now()
-    except ArgumentError as error:
-        command.usage_error(console.as_flags(str(error), _FLAG_NAMES))
-    except ExportError as error:
-        command.fail(console.as_flags(str(error), _FLAG_NAMES))
-    except BaseException:
-        if not command.interrupted():
+    except BaseException as error:
+        if not command.interrupted():  # An interrupt may surface as any error (interrupts).
+            if isinstance(error, ArgumentError):
+                command.usage_error(console.as_flags(str(error), _FLAG_NAMES))
+            if isinstance(error, ExportError):
+                command.fail(console.as_flags(str(error), _FLAG_NAMES))
             raise
         if _identity(OUT.value) != before:  # It came while the export was moved into place.
             command.exit_interrupted(

@@ -23,27 +23,28 @@ from typing import NoReturn
 
 from absl import app, flags
 
+from exporter import interrupts
+
 SUCCESS, FAILED, USAGE_ERROR = 0, 1, 2
 # 128 + the signal's number, as shells report a process a signal ended.
 INTERRUPTED = 128 + signal.SIGINT
 _HELP = ("--help", "-help", "-h", "--helpshort", "-helpshort", "-?")
 _HELP_FULL = ("--helpfull", "-helpfull")
 
-_interrupted: list[int] = []
 # Called with the message before a usage error exits (check --json prints its JSON object).
 _on_usage_error: list[Callable[[str], None]] = []
 
 
 def interrupted() -> int | None:
     """The signal that interrupted this command, None if none did."""
-    return _interrupted[0] if _interrupted else None
+    return interrupts.received()
 
 
 def _interrupt(signum, frame):
     # SIGINT and SIGTERM unwind like Ctrl-C, so the work cleans up after itself. The
-    # interrupt can land inside a C extension's callback, which then fails with another
-    # exception type (seen: SystemError); the record says it was an interrupt all the same.
-    _interrupted.append(signum)
+    # interrupt can be swallowed on the way (``exporter.interrupts``): the record says it was
+    # an interrupt all the same, and the next stage boundary raises it again.
+    interrupts.record(signum)
     raise KeyboardInterrupt(f"signal {signum}")
 
 

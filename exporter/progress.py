@@ -15,6 +15,8 @@ import logging
 import sys
 import time
 
+from exporter import interrupts
+
 logger = logging.getLogger("exporter")
 
 
@@ -65,8 +67,14 @@ def show_times(on: bool = True) -> None:
 
 @contextlib.contextmanager
 def stage(name: str):
-    """Log the start of ``name`` and, when it ends, how long it took."""
+    """Log the start of ``name`` and, when it ends, how long it took.
+
+    An interrupt received before or during the stage is raised at its start or end, even
+    if something inside swallowed it (``exporter.interrupts``).
+    """
+    interrupts.raise_if_received()
     logger.info("%s ...", name)
     start = time.perf_counter()
     yield
+    interrupts.raise_if_received()
     logger.info("%s done in %.1f s", name, time.perf_counter() - start)

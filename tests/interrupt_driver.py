@@ -5,8 +5,11 @@
 
 WHEN is ``move`` (just after the swap into place), ``fallback`` (as ``move``, on a system
 without renameat2's RENAME_EXCHANGE: between making the folder for the old copy and the
-two renames), ``done`` (after the CLI reported the export) or ``written`` (a SIGINT, as
-Ctrl-C sends it, once the new export is written beside --out, before it is verified).
+two renames), ``done`` (after the CLI reported the export), ``written`` (a SIGINT, as
+Ctrl-C sends it, once the new export is written beside --out, before it is verified) or
+``swallowed`` (as ``written``, but the ``KeyboardInterrupt`` is caught where it lands, as
+code that falls back on ``except Exception`` catches what an interrupt becomes inside a C
+extension's callback: the export must stop all the same; ``exporter.interrupts``).
 """
 
 from __future__ import annotations
@@ -34,6 +37,21 @@ def _after(function, condition=lambda *args, **kwargs: True, signum=signal.SIGTE
     return wrapped
 
 
+def _swallowing(function):
+    """``function``, then a SIGINT whose KeyboardInterrupt is caught and dropped at once."""
+
+    def wrapped(*args, **kwargs):
+        result = function(*args, **kwargs)
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            signal.getsignal(signal.SIGINT)  # The handler runs by this line at the latest.
+        except KeyboardInterrupt:
+            pass
+        return result
+
+    return wrapped
+
+
 def main(argv: list[str]) -> None:
     when = argv[1]
     if when == "move":
@@ -42,6 +60,8 @@ def main(argv: list[str]) -> None:
         cli._exit_now = _after(lambda: None)
     elif when == "written":
         _save._write = _after(_save._write, signum=signal.SIGINT)
+    elif when == "swallowed":
+        _save._write = _swallowing(_save._write)
     elif when == "fallback":
         _save._exchange = lambda a, b: False  # What it says where RENAME_EXCHANGE is missing.
         old_copy = lambda *args, prefix="", **kwargs: _save._OLD_TAG in prefix  # noqa: E731

@@ -143,7 +143,8 @@ def _lane(out: Path, shots: list[Shot], two_exports) -> list[str]:
             shot.outcome, holds = "new", new
         else:
             shot.outcome = "missing" if after is None else "mixed"
-            shot.problems.append(f"--out is {shot.outcome}: {_differences(after, contents)}")
+            differences = _differences(after, contents[holds], contents[new])
+            shot.problems.append(f"--out is {shot.outcome}: {differences}")
         if shot.outcome == "old" and tree_state(out) != untouched:
             shot.problems.append("--out holds the old content, but its files were rewritten")
         if shot.outcome == "new" and shot.stage not in ("move", "completed"):
@@ -202,11 +203,10 @@ def _describe(shot: Shot) -> str:
     return f"{name} aimed at {shot.aim} + {shot.delay:.3f} s, hit {shot.stage}, seed {SEED}"
 
 
-def _differences(after, contents) -> str:
+def _differences(after, old, new) -> str:
     """Which files of --out are the old export's, the new one's, or neither's."""
     if after is None:
         return "no directory"
-    old, new = contents
     origin = {
         name: "old" if digest == old.get(name) else "new" if digest == new.get(name) else "?"
         for name, digest in after.items()

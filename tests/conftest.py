@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import os
 import re
 import shutil
@@ -42,42 +44,74 @@ def tiered(values, quick=QUICK) -> list:
 
 
 ZOO_TEST = "test_backbone_end_to_end"
-_zoo: dict = {}
+_background: dict = {}
 
 
 def pytest_collection_finish(session):
-    """Start the zoo's processes as soon as it is known which backbones were selected."""
-    from zoo_runner import ZooRunner
+    """Start the background jobs of the selected tests: first the jobs of slow tests that
+    the suite reaches sooner, in its order, then the zoo's, longest first."""
+    import zoo_runner
+    from background import Runner
 
-    names = [
-        item.callspec.params["name"]
-        for item in session.items
-        if getattr(item, "originalname", None) == ZOO_TEST
-    ]
-    if names and not session.config.option.collectonly:
-        jobs = int(os.environ.get("EXPORTER_ZOO_JOBS", "2"))
-        _zoo["runner"] = ZooRunner(names, REPO, jobs)
+    if session.config.option.collectonly:
+        return
+    jobs, zoo = {}, []
+    for item in session.items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if getattr(item, "originalname", None) == ZOO_TEST:
+            zoo.append(params["name"])
+        elif (marker := item.get_closest_marker("background")) is not None:
+            jobs[item.nodeid] = _job(session, item, marker.kwargs["job"], params)
+    threads = int(os.environ.get("EXPORTER_ZOO_JOBS", "2"))
+    for name in zoo_runner.order(zoo):
+        cores = max(1, (os.cpu_count() or 1) // threads)
+        jobs[f"zoo {name}"] = functools.partial(
+            zoo_runner.check, name=name, repo=REPO, threads=cores
+        )
+    if jobs:
+        _background["runner"] = Runner(jobs, threads)
+
+
+def _job(session, item, job, params: dict):
+    """``job`` with a scratch folder of its own and the test's parameters it names."""
+    names = inspect.signature(job).parameters
+    scratch = session.config._tmp_path_factory.mktemp(f"background-{item.name[:40]}")
+    given = {name: value for name, value in params.items() if name in names}
+    return functools.partial(job, scratch=scratch, **given)
 
 
 def pytest_sessionfinish(session):
-    if "runner" in _zoo:
-        _zoo["runner"].stop()
+    if "runner" in _background:
+        _background["runner"].stop()
 
 
 def pytest_terminal_summary(terminalreporter):
-    """How long each backbone's zoo process took: the CI log shows where time goes."""
-    if "runner" in _zoo and _zoo["runner"].lines:
-        terminalreporter.section("zoo processes")
-        for line in _zoo["runner"].lines:
+    """How long each background job took (the zoo's with its checks' times): the CI log
+    shows where the time goes."""
+    if "runner" in _background and _background["runner"].lines:
+        terminalreporter.section("background jobs")
+        for line in _background["runner"].lines:
             terminalreporter.write_line(line)
+
+
+@pytest.fixture
+def background(request):
+    """The result of this test's ``background`` job (tests/background.py): waited for, or
+    run now if it has not started."""
+    runner = _background.get("runner")
+    assert runner is not None and request.node.nodeid in runner.results, (
+        f"{request.node.nodeid} has no background job: mark it @pytest.mark.background(job=...)"
+    )
+    return runner.result(request.node.nodeid)
 
 
 @pytest.fixture(scope="session")
 def zoo():
-    """The background zoo runner (see zoo_runner.py); None if no zoo test was selected."""
-    runner = _zoo.get("runner")
+    """The background runner, from the zoo's first test on with its second thread (the zoo's
+    tests come last: the rest of the suite is done); None if no zoo test was selected."""
+    runner = _background.get("runner")
     if runner is not None:
-        runner.release()  # The zoo's tests come last: the rest of the suite is done.
+        runner.release()
     return runner
 
 

@@ -40,16 +40,22 @@ def _close(result: dict, what: str) -> None:
     assert result["gap"] <= TOLERANCE * result["scale"], f"{what}: {result}"
 
 
-@pytest.mark.slow  # Half a minute or more on 2 cores (docs/development.md).
-@pytest.mark.parametrize("backend", sorted(BACKENDS))
-def test_an_in_memory_model_exports_from_a_backend(backend, tmp_path):
+def _worker(runner, scratch, backend: str):
+    """The backend's worker process, run beside the suite (tests/background.py)."""
     _skip_without(backend)
-    done = subprocess.run(
-        [sys.executable, str(REPO / "tests" / "backends_worker.py"), str(tmp_path)],
-        env=_env(backend), capture_output=True, text=True, timeout=900,
+    done = runner.run(
+        [sys.executable, str(REPO / "tests" / "backends_worker.py"), str(scratch)],
+        env=_env(backend), timeout=900,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
-    results = json.loads(done.stdout.strip().splitlines()[-1])
+    return scratch, json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow  # Half a minute or more on 2 cores (docs/development.md).
+@pytest.mark.background(job=_worker)
+@pytest.mark.parametrize("backend", sorted(BACKENDS))
+def test_an_in_memory_model_exports_from_a_backend(backend, background):
+    tmp_path, results = background  # The worker's folder: its exports and fine-tuned weights.
     print(json.dumps(results, indent=1))  # Timings, for the CI log.
     assert not [key for key in results if key.endswith("_error")], results
     assert results["backend"] == backend

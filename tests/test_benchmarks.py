@@ -217,32 +217,39 @@ def test_a_keras_hub_backbone_is_asked_for_by_name_but_not_part_of_all():
     assert (vit["patch_size"], vit["num_layers"], vit["hidden_dim"]) == (16, 12, 768)
 
 
-@pytest.mark.slow  # Three fresh processes, each importing keras-hub.
-def test_the_keras_hub_workers_export_one_preset_both_ways(tmp_path):
-    """compare.py's keras-hub jobs on a tiny ViT: the same preset, ours and Keras 3's export."""
+def _keras_hub_workers(runner, scratch):
+    """The processes of the test below, beside the suite (tests/background.py)."""
     config = {
         "family": "ViT", "image_size": 32, "num_classes": 3, "scale": 1 / 127.5, "offset": -1.0,
         "backbone": {"image_shape": [32, 32, 3], "patch_size": 8, "num_layers": 1,
                      "num_heads": 2, "hidden_dim": 16, "mlp_dim": 32},
     }  # fmt: skip
-    preset, keras3, ours = tmp_path / "preset", tmp_path / "keras3", tmp_path / "ours"
+    preset, keras3, ours = scratch / "preset", scratch / "keras3", scratch / "ours"
     for task, spec in (
         ("prepare_keras_hub", {"config": config, "preset": str(preset)}),
         ("export_keras3_keras_hub", {"preset": str(preset), "out": str(keras3)}),
     ):
-        spec_path = tmp_path / f"{task}.json"
-        spec_path.write_text(json.dumps({**spec, "result": str(tmp_path / f"{task}.out")}))
-        done = subprocess.run(
+        spec_path = scratch / f"{task}.json"
+        spec_path.write_text(json.dumps({**spec, "result": str(scratch / f"{task}.out")}))
+        done = runner.run(
             [sys.executable, str(COMPARE), f"--worker={task}", f"--spec={spec_path}"],
-            cwd=REPO, capture_output=True, text=True, timeout=300,
+            cwd=REPO, timeout=300,
         )  # fmt: skip
         assert done.returncode == 0, done.stderr[-3000:]
-        assert json.loads((tmp_path / f"{task}.out").read_text())["params"] > 1000
-    done = subprocess.run(
+        assert json.loads((scratch / f"{task}.out").read_text())["params"] > 1000
+    done = runner.run(
         [sys.executable, "-m", "exporter.classification", f"--backbone={preset}", f"--out={ours}"],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
+        cwd=REPO, timeout=300,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
+    return keras3, ours
+
+
+@pytest.mark.slow  # Three fresh processes, each importing keras-hub.
+@pytest.mark.background(job=_keras_hub_workers)
+def test_the_keras_hub_workers_export_one_preset_both_ways(background):
+    """compare.py's keras-hub jobs on a tiny ViT: the same preset, ours and Keras 3's export."""
+    keras3, ours = background
     import numpy as np
     import tensorflow as tf
 
@@ -280,10 +287,8 @@ def test_the_jax_export_group_is_selectable_and_labelled():
     assert set(harness.JAX_EXPORTERS) <= set(harness.SHORT_LABELS)
 
 
-@pytest.mark.slow  # Two fresh JAX processes importing keras-hub, and ours' TensorFlow child.
-def test_the_jax_export_worker_exports_one_model_both_ways(tmp_path):
-    """compare.py's jax_export jobs on a tiny keras-hub ViT, as the harness runs them: a
-    KERAS_BACKEND=jax process builds it and exports it, ours through its rebuild child."""
+def _jax_export_workers(runner, scratch):
+    """The processes of the test below, beside the suite (tests/background.py)."""
     import os
 
     config = {
@@ -294,13 +299,13 @@ def test_the_jax_export_worker_exports_one_model_both_ways(tmp_path):
     env = {**os.environ, "KERAS_BACKEND": "jax", "PYTHONPATH": str(REPO)}
     runs, results = {}, {}
     for variant in ("ours", "keras3"):
-        out, result = tmp_path / variant, tmp_path / f"{variant}.json"
-        spec_path = tmp_path / f"{variant}.spec.json"
+        out, result = scratch / variant, scratch / f"{variant}.json"
+        spec_path = scratch / f"{variant}.spec.json"
         spec = {"config": config, "exporter": variant, "out": str(out), "result": str(result)}
         spec_path.write_text(json.dumps(spec))
         argv = [sys.executable, str(COMPARE), "--worker=export_jax", f"--spec={spec_path}"]
         runs[variant] = harness.run_child(
-            argv, tmp_path / f"{variant}.log", cwd=REPO, env=env, timeout=600, sample_tree=0.05
+            argv, scratch / f"{variant}.log", cwd=REPO, env=env, timeout=600, sample_tree=0.05
         )
         assert runs[variant].returncode == 0, runs[variant].tail(30)
         results[variant] = json.loads(result.read_text())
@@ -310,6 +315,15 @@ def test_the_jax_export_worker_exports_one_model_both_ways(tmp_path):
     assert stages["rebuild under TensorFlow (jax -> tensorflow)"] > 0
     # The rebuild child ran beside the JAX process: the tree's peak is more than either's.
     assert runs["ours"].tree_peak_rss_bytes > 1.2 * runs["ours"].peak_rss_bytes
+    return scratch
+
+
+@pytest.mark.slow  # Two fresh JAX processes importing keras-hub, and ours' TensorFlow child.
+@pytest.mark.background(job=_jax_export_workers)
+def test_the_jax_export_worker_exports_one_model_both_ways(background):
+    """compare.py's jax_export jobs on a tiny keras-hub ViT, as the harness runs them: a
+    KERAS_BACKEND=jax process builds it and exports it, ours through its rebuild child."""
+    tmp_path = background
     import numpy as np
     import tensorflow as tf
 

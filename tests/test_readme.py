@@ -158,31 +158,25 @@ def _user_files(repo: Path, home: Path) -> None:
     (repo / "labels.txt").write_text("\n".join(f"class_{i}" for i in range(10)) + "\n")
 
 
-@pytest.mark.slow  # A fresh venv, then every block of the pages, each in a fresh process.
-def test_every_readme_and_docs_block_runs_as_written(tmp_path):
-    """A reader's session: in a fresh venv, the quick start's first command, then every
-    bash and python block of the README and the docs in page order, in one checkout, as
-    written (only ``--weights=none`` / ``weights="none"`` added: no downloads here).
-    A block printed twice (the README and a page) runs once."""
-    repo, home = tmp_path / "repo", tmp_path / "home"
+def _reader_session(runner, scratch: Path) -> Path:
+    """The processes of the test below, run beside the suite (tests/background.py); the
+    checkout they ran in."""
+    repo, home = scratch / "repo", scratch / "home"
     _copy_tracked_files(repo)
     _user_files(repo, home)
-    venv, purelib, env = _fresh_venv(tmp_path)
+    venv, purelib, env = _fresh_venv(scratch)
     env["HOME"] = str(home)
-    done = subprocess.run(
-        ["bash", "-c", quick_start_commands()[0]], cwd=repo, env=env,
-        capture_output=True, text=True, timeout=900,
+    done = runner.run(
+        ["bash", "-c", quick_start_commands()[0]], cwd=repo, env=env, timeout=900
     )  # fmt: skip
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-3000:]
     assert "Downloading data from" not in output
     installed = subprocess.run(
         [venv / "bin" / "python", "-c", "import exporter; print(exporter.__file__)"],
-        cwd=tmp_path, capture_output=True, text=True, env=env, check=True,
+        cwd=scratch, capture_output=True, text=True, env=env, check=True,
     ).stdout  # fmt: skip
     assert installed.startswith(purelib), installed
-    obj = tf.saved_model.load(str(repo / "exports" / "mobilenet_v2"))
-    assert obj(tf.zeros([1, 224, 224, 3])).shape == (1, 1280)
     seen, failures, ran = set(), [], 0
     for page, line, language, text in doc_blocks():
         # The quick start: its first command ran above, its second is this suite.
@@ -195,9 +189,7 @@ def test_every_readme_and_docs_block_runs_as_written(tmp_path):
             command = [str(venv / "bin" / "python"), "-c", source]
         else:
             command = ["bash", "-e", "-o", "pipefail", "-c", source]
-        done = subprocess.run(
-            command, cwd=repo, env=env, capture_output=True, text=True, timeout=900
-        )
+        done = runner.run(command, cwd=repo, env=env, timeout=900)
         ran += 1
         if done.returncode != 0:
             failures.append(f"{page}:{line} exit {done.returncode}\n{done.stderr[-1500:]}")
@@ -209,6 +201,19 @@ def test_every_readme_and_docs_block_runs_as_written(tmp_path):
     for path in made:
         assert (repo / path).exists(), path
     assert sorted(p.name for p in repo.glob("embeddings/photos-errors-*.jsonl"))
+    return repo
+
+
+@pytest.mark.slow  # A fresh venv, then every block of the pages, each in a fresh process.
+@pytest.mark.background(job=_reader_session)
+def test_every_readme_and_docs_block_runs_as_written(background):
+    """A reader's session: in a fresh venv, the quick start's first command, then every
+    bash and python block of the README and the docs in page order, in one checkout, as
+    written (only ``--weights=none`` / ``weights="none"`` added: no downloads here).
+    A block printed twice (the README and a page) runs once. The quick start's export
+    (written again by the README's Python example, as the same feature vector) loads."""
+    obj = tf.saved_model.load(str(background / "exports" / "mobilenet_v2"))
+    assert obj(tf.zeros([1, 224, 224, 3])).shape == (1, 1280)
 
 
 def test_docs_list_the_rules_as_declared():
@@ -236,8 +241,44 @@ def test_performance_page_quotes_the_results_file_it_cites():
 DISTRIBUTION = "tfhub-exporter"  # "exporter" on the package registry is another project.
 
 
+def _wheel_install(runner, scratch: Path) -> None:
+    """The wheel built from the checkout and installed in a fresh venv, as a user would,
+    beside the suite (tests/background.py)."""
+    repo = scratch / "repo"
+    _copy_tracked_files(repo)
+    wheels = scratch / "wheels"
+    done = runner.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+         "-w", str(wheels), str(repo)],
+        timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    built = [w.name for w in wheels.glob("*.whl")]
+    assert [name.split("-")[0] for name in built] == ["tfhub_exporter"]
+    # The Dataflow example (not run here) stages the wheel by its file name.
+    assert f"dist/{built[0]}" in (REPO / "docs" / "embedding.md").read_text(), built
+    venv, purelib, env = _fresh_venv(scratch)
+    pip = [venv / "bin" / "pip", "install", "--no-index", "--find-links", str(wheels)]
+    # The suite's own install is visible from the fresh venv: force ours into it (its
+    # dependencies are the suite's), then resolve the extra as a user would.
+    for extra in (["--force-reinstall", "--no-deps"], []):
+        done = runner.run([*pip, *extra, f"{DISTRIBUTION}[convert]"], env=env, timeout=600)
+        assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    probe = (
+        "import importlib.metadata as m, exporter; d = m.distribution('tfhub-exporter'); "
+        "print(exporter.__file__); print('exporter/checking/savedmodel.py' in "
+        "[str(f) for f in d.files]); print(any('onnxruntime' in r and 'convert' in r "
+        "for r in d.requires))"
+    )
+    done = runner.run([venv / "bin" / "python", "-c", probe], cwd=scratch, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    where, ours, extra = done.stdout.split()
+    assert where.startswith(purelib) and ours == extra == "True", (where, ours, extra)
+
+
 @pytest.mark.slow  # Builds the wheel and installs it in a fresh venv.
-def test_the_distribution_installs_under_its_own_name(tmp_path):
+@pytest.mark.background(job=_wheel_install)
+def test_the_distribution_installs_under_its_own_name(background):
     """``pip install "tfhub-exporter[convert]"`` from the built wheel installs ours, and the
     import name stays ``exporter``; every install line of the docs uses that name."""
     setup = (REPO / "setup.cfg").read_text()
@@ -246,36 +287,3 @@ def test_the_distribution_installs_under_its_own_name(tmp_path):
     lines = [line for path in docs for line in path.read_text().splitlines()]
     installs = [line for line in lines if re.search(r"pip install [\"']?\w[\w-]*\[", line)]
     assert installs and all(f"{DISTRIBUTION}[" in line for line in installs), installs
-    repo = tmp_path / "repo"
-    _copy_tracked_files(repo)
-    wheels = tmp_path / "wheels"
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-         "-w", str(wheels), str(repo)],
-        check=True, capture_output=True, timeout=600,
-    )  # fmt: skip
-    built = [w.name for w in wheels.glob("*.whl")]
-    assert [name.split("-")[0] for name in built] == ["tfhub_exporter"]
-    # The Dataflow example (not run here) stages the wheel by its file name.
-    assert f"dist/{built[0]}" in (REPO / "docs" / "embedding.md").read_text(), built
-    venv, purelib, env = _fresh_venv(tmp_path)
-    pip = [venv / "bin" / "pip", "install", "--no-index", "--find-links", str(wheels)]
-    # The suite's own install is visible from the fresh venv: force ours into it (its
-    # dependencies are the suite's), then resolve the extra as a user would.
-    for extra in (["--force-reinstall", "--no-deps"], []):
-        done = subprocess.run(
-            [*pip, *extra, f"{DISTRIBUTION}[convert]"],
-            capture_output=True, text=True, env=env, timeout=600,
-        )  # fmt: skip
-        assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
-    probe = (
-        "import importlib.metadata as m, exporter; d = m.distribution('tfhub-exporter'); "
-        "print(exporter.__file__); print('exporter/checking/savedmodel.py' in "
-        "[str(f) for f in d.files]); print(any('onnxruntime' in r and 'convert' in r "
-        "for r in d.requires))"
-    )
-    where, ours, extra = subprocess.run(
-        [venv / "bin" / "python", "-c", probe],
-        cwd=tmp_path, capture_output=True, text=True, env=env, check=True,
-    ).stdout.split()  # fmt: skip
-    assert where.startswith(purelib) and ours == extra == "True", (where, ours, extra)

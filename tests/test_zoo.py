@@ -4,7 +4,8 @@ The bottleneck check compares each feature vector, both poolings, with Keras' ow
 model of the same weights fed the family's ``preprocess_input`` (issue 8).
 
 Each backbone is checked by ``tests/zoo_check.py`` in a fresh Python process (see there
-why). The processes start in the background when collection ends (``zoo_runner.py``);
+why). The processes start in the background when collection ends (``background.py``,
+``zoo_runner.py``);
 one test per backbone reports its process's verdict, with its output when it fails. The
 own ImageNet classifier and max pooling are checked for one backbone per family (``OWN_HEADS``).
 ``EXPORTER_ZOO_JOBS`` (default 2) processes run at a time once this file is reached.
@@ -27,7 +28,7 @@ def test_names_follow_the_keras_function_names():
 @pytest.mark.slow
 @pytest.mark.parametrize("name", BACKBONES)
 def test_backbone_end_to_end(zoo, name):
-    done = zoo.results[name].result()
+    done = zoo.result(f"zoo {name}")
     output = f"{done.stdout[-3000:]}\n{done.stderr[-6000:]}"
     assert done.returncode == 0, output
     assert f"{name}: check_feature_vector passed" in done.stdout, output

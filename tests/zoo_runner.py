@@ -1,19 +1,12 @@
-"""Runs ``zoo_check.py`` for each selected backbone in the background, one process each.
-
-The zoo starts as soon as pytest has collected, with one process at a time while the rest
-of the suite runs, and a second one once the zoo's own tests are reached (``release``):
-on CI's two cores the zoo then overlaps the suite instead of following it.
-"""
+"""The zoo's jobs for the background runner (tests/background.py): ``zoo_check.py`` for
+each selected backbone, one process each, started when pytest has collected, after the
+other slow tests' jobs (which the suite needs sooner), longest first."""
 
 from __future__ import annotations
 
 import os
-import queue
 import subprocess
 import sys
-import threading
-import time
-from concurrent.futures import Future
 from pathlib import Path
 
 WORKER = Path(__file__).with_name("zoo_check.py")
@@ -38,77 +31,21 @@ LONGEST_FIRST = (
 )  # fmt: skip
 
 
-class ZooRunner:
-    """A queue of backbone names, worked by up to ``jobs`` threads that each run a process."""
+def check(runner, *, name: str, repo: Path, threads: int) -> subprocess.CompletedProcess:
+    """One backbone's ``zoo_check.py`` process: a job of tests/background.py's runner."""
+    environ = {**os.environ, "PYTHONPATH": str(repo), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    # Each process gets its share of the cores rather than all of them.
+    environ.update(TF_NUM_INTRAOP_THREADS=str(threads), OMP_NUM_THREADS=str(threads))
+    command = [sys.executable, str(WORKER), name, *(["--own_head"] * (name in OWN_HEADS))]
+    done = runner.run(command, cwd=repo, env=environ, timeout=TIMEOUT_S)
+    passed = [line.split(": ", 1)[-1] for line in done.stdout.splitlines() if " passed in " in line]
+    done.summary = f"exit {done.returncode} ({'; '.join(passed) or 'no check finished'})"
+    return done
 
-    def __init__(self, names: list[str], repo: Path, jobs: int):
-        self.repo, self.jobs = repo, max(1, jobs)
-        self.results: dict[str, Future] = {name: Future() for name in names}
-        self.lines: list[str] = []  # One per finished backbone: wall time and check times.
-        self._todo: queue.Queue[str] = queue.Queue()
-        for name in sorted(names, key=_start_order):
-            self._todo.put(name)
-        self._stopped = threading.Event()
-        self._processes: set[subprocess.Popen] = set()
-        self._lock = threading.Lock()
-        self._threads = [threading.Thread(target=self._work, daemon=True)]
-        self._threads[0].start()
 
-    def release(self) -> None:
-        """Start the other workers: the rest of the suite is done."""
-        while len(self._threads) < self.jobs:
-            self._threads.append(threading.Thread(target=self._work, daemon=True))
-            self._threads[-1].start()
-
-    def stop(self) -> None:
-        """Drop what has not started and end what is running."""
-        self._stopped.set()
-        with self._lock:
-            for process in self._processes:
-                process.kill()
-
-    def _work(self) -> None:
-        while not self._stopped.is_set():
-            try:
-                name = self._todo.get_nowait()
-            except queue.Empty:
-                return
-            try:
-                self.results[name].set_result(self._run(name))
-            except Exception as error:  # Reported by that backbone's test.
-                self.results[name].set_exception(error)
-
-    def _run(self, name: str) -> subprocess.CompletedProcess:
-        environ = {**os.environ, "PYTHONPATH": str(self.repo), "TF_CPP_MIN_LOG_LEVEL": "2"}
-        # Each process gets its share of the cores rather than all of them.
-        threads = str(max(1, (os.cpu_count() or 1) // self.jobs))
-        environ.update(TF_NUM_INTRAOP_THREADS=threads, OMP_NUM_THREADS=threads)
-        command = [sys.executable, str(WORKER), name, *(["--own_head"] * (name in OWN_HEADS))]
-        with self._lock:
-            if self._stopped.is_set():
-                raise RuntimeError("the test session ended first")
-            process = subprocess.Popen(
-                command, cwd=self.repo, env=environ, text=True,
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            )  # fmt: skip
-            self._processes.add(process)
-        start = time.perf_counter()
-        try:
-            stdout, stderr = process.communicate(timeout=TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            stdout, stderr = process.communicate()
-            stderr += f"\nkilled after {TIMEOUT_S} s"
-        finally:
-            with self._lock:
-                self._processes.discard(process)
-        passed = [line.split(": ", 1)[-1] for line in stdout.splitlines() if " passed in " in line]
-        checks = "; ".join(passed)
-        self.lines.append(
-            f"{name}: exit {process.returncode} after {time.perf_counter() - start:.0f} s"
-            f" ({checks or 'no check finished'})"
-        )
-        return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+def order(names: list[str]) -> list[str]:
+    """The order the zoo's processes start in (``LONGEST_FIRST``)."""
+    return sorted(names, key=_start_order)
 
 
 def _start_order(name: str) -> tuple[int, int]:

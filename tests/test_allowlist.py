@@ -438,6 +438,7 @@ class _Aborts(tf.Module):
         tf.saved_model.save(cls(), path)
 
 
+@pytest.mark.slow  # 10 s or more in a full run (docs/development.md).
 @pytest.mark.parametrize(
     "module, flags, expected",
     [
@@ -469,6 +470,7 @@ def test_check_on_a_model_that_hangs_or_crashes_ends_with_a_fail_line(
     assert "safe_ops" in done.stdout and "serving_default" in done.stdout
 
 
+@pytest.mark.slow  # 10 s or more in a full run (docs/development.md).
 @pytest.mark.skipif(
     importlib.util.find_spec("official") is None,
     reason="Model Garden is not installed: .ci/run installs tf-models-official (--no-deps)",

@@ -109,6 +109,7 @@ def test_peak_rss_is_each_childs_own(tmp_path):
     assert big.wall_s > 0 and big.cpu_s >= 0
 
 
+@pytest.mark.slow  # 10 s or more in a full run (docs/development.md).
 def test_an_export_run_through_the_harness(tmp_path):
     """The smallest real run: one Keras 3 export of MobileNetV2 in a worker process."""
     results = tmp_path / "results"

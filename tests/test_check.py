@@ -24,6 +24,7 @@ def _export_for(export, name, task, options):
     return export(task, name, "file" if task == "classification" else "none")
 
 
+@pytest.mark.slow  # 10 s or more in a full run (docs/development.md).
 @pytest.mark.parametrize("task, options", EXPORTS, ids=["feature_vector", "own_head", "labels"])
 @pytest.mark.parametrize("name", tiered(CORE))
 def test_no_false_alarms_on_our_exports(export, name, task, options):
@@ -254,6 +255,7 @@ def test_metadata_hparams_must_match_the_call_signature(export, tmp_path, change
     assert expected in report.to_text()
 
 
+@pytest.mark.slow  # 10 s or more in a full run (docs/development.md).
 @pytest.mark.parametrize("change", ["graph", "added", "malformed"])
 def test_fingerprint_detects_changes_that_still_load_and_run(export, tmp_path, change):
     from tensorflow.core.protobuf import saved_model_pb2

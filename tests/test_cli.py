@@ -52,6 +52,7 @@ def test_feature_vector_cli_exports_and_logs_each_stage(tmp_path):
 STAGE_LINE = re.compile(r"[a-z][^ ]*( [^ ]+)* (\.\.\.|done in \d+\.\d s)|exported to .+")
 
 
+@pytest.mark.slow  # 10 s or more in a full run (docs/development.md).
 def test_verbosity_flag_brings_tensorflow_logging_back():
     # Importing exporter sets TF_CPP_MIN_LOG_LEVEL only in our own CLIs, and not with
     # -v / --verbosity (any value). TensorFlow then loads without its C++ start-up lines in
@@ -138,6 +139,7 @@ def test_stage_lines_are_plain_and_timed_only_when_verbose(capsys, monkeypatch):
     )
 
 
+@pytest.mark.slow  # 10 s or more in a full run (docs/development.md).
 def test_classification_cli_with_labels_and_weights_file(tmp_path, weights_file):
     labels = tmp_path / "labels.txt"
     labels.write_text("cat\ndog\nbird\n")

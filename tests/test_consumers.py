@@ -12,6 +12,7 @@ def _moving_means(layer):
     return [w for w in layer.non_trainable_weights if "moving_mean" in w.name]
 
 
+@pytest.mark.slow  # 10 s or more in a full run (docs/development.md).
 @pytest.mark.parametrize("name", tiered(CORE))
 def test_hub_keras_layer_fine_tunes(export, name):
     import tensorflow_hub as hub
@@ -60,6 +61,7 @@ def test_keras3_tfsm_layer_predicts(export):
     np.testing.assert_allclose(predicted, expected, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow  # 10 s or more in a full run (docs/development.md).
 def test_tf1_session_loader_runs_serving_default_by_tensor_names(export):
     # The classifier test_hparams.py exports too: made once per session, shared.
     path = str(export("classification", "mobilenet_v2", "none", num_classes=5))

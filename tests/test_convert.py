@@ -89,6 +89,7 @@ def _parity(run, loaded, batch, size):
     return np.max(np.abs(actual - expected)) / scale, np.min(cosine)
 
 
+@pytest.mark.slow  # 10 s or more in a full run (docs/development.md).
 @pytest.mark.parametrize(
     "to, quantize", [("litert", "none"), ("litert", "float16"), ("litert", "dynamic_int8"),
                      ("onnx", "none")]

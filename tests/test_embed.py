@@ -202,6 +202,7 @@ def _error_records(out: Path) -> list[dict]:
     return [json.loads(line) for f in files for line in f.read_text().splitlines()]
 
 
+@pytest.mark.slow  # 10 s or more in a full run (docs/development.md).
 def test_cli_records_match_the_export_per_image(cli_run, corpus, reference, feature_vector):
     _, good, _ = corpus
     records = _parquet_records(cli_run[1])
@@ -487,6 +488,7 @@ def test_pipeline_default_size_is_the_native_size(feature_vector, corpus):
     assert embed.pipeline(str(feature_vector), str(corpus[0])).image_size == 224
 
 
+@pytest.mark.slow  # 10 s or more in a full run (docs/development.md).
 def test_cli_bad_flags_fail_with_one_line(feature_vector, corpus, tmp_path):
     root, good, _ = corpus
     model, images, out = f"--model={feature_vector}", f"--images={root}", f"--out={tmp_path}/o"

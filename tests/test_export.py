@@ -27,6 +27,7 @@ def _preprocess_input(name, images):
     return family.preprocess_input(images.copy() * 255.0)
 
 
+@pytest.mark.slow  # 10 s or more in a full run (docs/development.md).
 @pytest.mark.parametrize("weights", ["none", "file"])
 @pytest.mark.parametrize("name", tiered(CORE))
 def test_export_loads_and_keeps_shapes(export, name, weights):
@@ -55,6 +56,7 @@ def test_feature_vector_matches_keras_preprocess_input(export, weights_file, nam
     _close(served["feature_vector"], expected)
 
 
+@pytest.mark.slow  # 10 s or more in a full run (docs/development.md).
 def test_max_pooling(export, weights_file):
     obj = tf.saved_model.load(str(export("feature_vector", "mobilenet_v2", pooling="max")))
     reference = keras_reference("mobilenet_v2", weights_file("mobilenet_v2"))
@@ -92,6 +94,7 @@ def test_own_classifier_gives_the_keras_logits(export, weights_file, name):
     assert labels[:2] == ["tench", "goldfish"] and len(set(labels)) == 1000
 
 
+@pytest.mark.slow  # 10 s or more in a full run (docs/development.md).
 def test_classifier_from_a_keras_file(workdir, weights_file):
     source = weights_file("mobilenet_v2", include_top=True, suffix=".keras")
     out = exporter.export_classifier("mobilenet_v2", workdir / "from-keras-file", weights=source)

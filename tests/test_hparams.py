@@ -88,6 +88,7 @@ def _moving_means(layer) -> list[np.ndarray]:
     return [v.numpy() for v in layer.weights if "moving_mean" in v.name]
 
 
+@pytest.mark.slow  # 10 s or more in a full run (docs/development.md).
 @pytest.mark.parametrize("task", ["classification", "feature_vector"])
 def test_batch_norm_momentum_through_hub_keras_layer(export, task):
     options = {"num_classes": 5} if task == "classification" else {}
@@ -152,6 +153,7 @@ def test_models_without_batch_norm_offer_no_momentum():
     ]
 
 
+@pytest.mark.slow  # 10 s or more in a full run (docs/development.md).
 def test_dropout_rate_flag_sets_the_default(tmp_path):
     out = tmp_path / "classifier"
     done = run_cli(

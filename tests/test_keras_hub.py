@@ -150,6 +150,7 @@ def test_a_preset_folder_exports_through_both_clis(family, tmp_path):
         assert "the distillation token (position 1) is not used" in card
 
 
+@pytest.mark.slow  # 10 s or more in a full run (docs/development.md).
 def test_a_backbone_preset_takes_a_new_head_and_says_what_is_missing(tmp_path):
     task = make_task("ResNet", scale=SCALE, offset=OFFSET)
     preset = tmp_path / "backbone"
@@ -238,6 +239,7 @@ def _functional_backbone() -> keras.Model:
     return keras.Model(inputs, x, name="my_backbone")
 
 
+@pytest.mark.slow  # 10 s or more in a full run (docs/development.md).
 def test_a_keras_file_exports_through_the_cli_and_equals_the_model(tmp_path):
     model = _functional_backbone()
     norm = model.layers[2]
@@ -275,6 +277,7 @@ def vit_feature_vector(tmp_path_factory):
     return exporter.export_feature_vector(str(root / "preset"), root / "fv")
 
 
+@pytest.mark.slow  # 10 s or more in a full run (docs/development.md).
 def test_a_preset_classifier_export_frees_its_model_before_the_reload(tmp_path, released):
     """export_classifier of a keras-hub task preset: nothing keeps the model (the task, its
     backbone, its converter) alive once verification starts."""
@@ -294,6 +297,7 @@ def _norm_weights(variables) -> list:
 LABELS = np.array([0, 1, 0, 1, 1, 0, 1, 0])
 
 
+@pytest.mark.slow  # 10 s or more in a full run (docs/development.md).
 def test_a_vit_feature_vector_fine_tunes_in_keras_3(vit_feature_vector):
     keras.utils.set_random_seed(0)
     layer = exporter.KerasLayer(str(vit_feature_vector), trainable=True)

@@ -91,6 +91,7 @@ def test_sequential_fine_tuning_moves_the_saved_model(tiny):
     assert all(_moved(means_before, means))
 
 
+@pytest.mark.slow  # 10 s or more in a full run (docs/development.md).
 def test_re_export_of_a_changed_mobilenet_has_parity(mobilenet, tmp_path):
     # MobileNetV2 (calibrated) without fit: its first training step takes a minute to
     # trace on 2 cores. Batch statistics moved by training calls, a kernel by assign.
@@ -365,6 +366,7 @@ def _tf_keras_export(model, path) -> str:
     return str(path)
 
 
+@pytest.mark.slow  # 10 s or more in a full run (docs/development.md).
 def test_a_tf_keras_mobilenet_export_passes_the_checker_and_loads(tmp_path):
     import tf_keras
 

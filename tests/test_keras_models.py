@@ -16,6 +16,7 @@ def _l2(weights, factor):
     return [factor * float(np.sum(np.square(w.numpy()))) for w in weights]
 
 
+@pytest.mark.slow  # 10 s or more in a full run (docs/development.md).
 def test_weight_decay_equals_the_l2_penalty_by_hand(tmp_path):
     module = exporter.build_classifier("mobilenet_v2", weights=None, num_classes=3,
                                        weight_decay=1e-3)  # fmt: skip
@@ -29,6 +30,7 @@ def test_weight_decay_equals_the_l2_penalty_by_hand(tmp_path):
     np.testing.assert_allclose(sorted(penalties), sorted(_l2(kernels, 1e-3)), rtol=1e-5)
 
 
+@pytest.mark.slow  # 10 s or more in a full run (docs/development.md).
 def test_hub_keras_layer_adds_them_to_the_model_losses(tmp_path):
     import tensorflow_hub as hub
     import tf_keras
@@ -61,6 +63,7 @@ def test_negative_weight_decay_is_refused():
         exporter.build_feature_vector("mobilenet_v2", weights=None, weight_decay=-1.0)
 
 
+@pytest.mark.slow  # 10 s or more in a full run (docs/development.md).
 def test_tf_keras_resnet50(tmp_path):
     import tf_keras
 

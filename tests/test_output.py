@@ -25,6 +25,7 @@ def python_export(tmp_path_factory):
     return out, run_as_new_user([sys.executable, "-c", code, str(out)])
 
 
+@pytest.mark.slow  # 10 s or more in a full run (docs/development.md).
 def test_a_python_export_prints_only_its_stage_lines(python_export):
     out, done = python_export
     assert done.returncode == 0, done.stderr[-3000:]
@@ -39,6 +40,7 @@ def test_a_python_export_prints_only_its_stage_lines(python_export):
     assert (out / "saved_model.pb").is_file()
 
 
+@pytest.mark.slow  # 10 s or more in a full run (docs/development.md).
 def test_exporter_embed_prints_only_its_summary(python_export, tmp_path):
     out, _ = python_export
     rng = np.random.default_rng(0)

@@ -17,6 +17,7 @@ def mixed(request, export):
     return dtype, export("feature_vector", "mobilenet_v2", "calibrated", compute_dtype=dtype)
 
 
+@pytest.mark.slow  # 10 s or more in a full run (docs/development.md).
 def test_mixed_export_passes_the_checker(mixed):
     dtype, path = mixed
     report = conformance.check(path, strict_metadata=True)
@@ -45,6 +46,7 @@ def test_card_states_the_measured_deviation(mixed):
     assert f"least cosine similarity {measured['min_cosine']:.5f}" in card
 
 
+@pytest.mark.slow  # 10 s or more in a full run (docs/development.md).
 def test_mixed_export_fine_tunes_through_hub_keras_layer(mixed):
     import tensorflow_hub as hub
     import tf_keras
@@ -88,6 +90,7 @@ def test_cli_refuses_an_unknown_compute_dtype(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow  # 10 s or more in a full run (docs/development.md).
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
 def test_a_mixed_classifier_exports_and_tunes_its_dropout(export, dtype):
     """The dropout_rate override is a float32 scalar; the head computes in ``dtype``.

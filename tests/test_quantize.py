@@ -125,6 +125,7 @@ def _agreement(logits: np.ndarray, expected: np.ndarray) -> float:
     return float(np.mean(np.argmax(logits, -1) == np.argmax(expected, -1)))
 
 
+@pytest.mark.slow  # 10 s or more in a full run (docs/development.md).
 def test_int8_from_the_cli_keeps_top1_agreement(task, loaded, cli_int8):
     out, printed = cli_int8
     facts = json.loads(out.with_name(out.name + ".json").read_text())

@@ -102,6 +102,7 @@ def test_killed_first_export_leaves_no_output(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow  # 10 s or more in a full run (docs/development.md).
 def test_overwrite_replaces_a_saved_model(existing_export):
     exporter.export_feature_vector("resnet50", existing_export, weights=None, overwrite=True)
     obj = tf.saved_model.load(str(existing_export))
@@ -148,6 +149,7 @@ def _export_file(path, out):
     return exporter.export_feature_vector(path, out, preprocessing="tf", native_size=32)
 
 
+@pytest.mark.slow  # 10 s or more in a full run (docs/development.md).
 def test_export_frees_its_module_before_the_reload(tmp_path, keras_file, released):
     """export_* verify against outputs computed before the reload, with the model freed."""
     out = _export_file(keras_file, tmp_path / "out")
@@ -155,6 +157,7 @@ def test_export_frees_its_module_before_the_reload(tmp_path, keras_file, release
     assert conformance.check(out, strict_metadata=True).ok
 
 
+@pytest.mark.slow  # 10 s or more in a full run (docs/development.md).
 def test_verification_fails_a_corrupted_variable_after_the_release(
     tmp_path, keras_file, released, monkeypatch
 ):
@@ -178,6 +181,7 @@ def test_verification_fails_a_corrupted_variable_after_the_release(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.keras"]
 
 
+@pytest.mark.slow  # 10 s or more in a full run (docs/development.md).
 def test_verification_fails_a_rule_violation_after_the_release(
     tmp_path, keras_file, released, monkeypatch
 ):

@@ -109,6 +109,7 @@ def _saved_model_cli(*arguments, cwd):
     assert done.returncode == 0, done.stderr[-3000:]
 
 
+@pytest.mark.slow  # 10 s or more in a full run (docs/development.md).
 def test_saved_model_cli_runs_every_signature_as_the_card_shows(served, loaded, tmp_path):
     pixels = _pixels(1, SERVING_SIZE, seed=1)
     expected = _reference(loaded, pixels)

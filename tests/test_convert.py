@@ -119,6 +119,7 @@ def test_float32_litert_is_within_1e4(converted, loaded):
         assert error <= 1e-4
 
 
+@pytest.mark.slow  # 10 s or more in the quick tier, with its setup (docs/development.md).
 def test_quantized_files_are_smaller(converted):
     float32 = converted("litert").size_bytes
     assert converted("litert", "float16").size_bytes < 0.6 * float32

@@ -107,6 +107,7 @@ def test_classifier_from_a_keras_file(workdir, weights_file):
 LABELS = [f"class_{i}" for i in range(5)]
 
 
+@pytest.mark.slow  # 10 s or more in the quick tier, with its setup (docs/development.md).
 def test_new_head_with_labels(export):
     path = export("classification", "efficientnet_b0", "none", num_classes=5, labels=LABELS)
     obj = tf.saved_model.load(str(path))
@@ -246,6 +247,7 @@ def test_each_variable_is_stored_once(export, weights_file, name):
         assert item.name[0].isalnum() or item.name[0] == "_", item
 
 
+@pytest.mark.slow  # 10 s or more in the quick tier, with its setup (docs/development.md).
 def test_swish_gradient_is_saved_once_and_equals_keras(export, calibrated_weights):
     """Every swish shares one saved gradient (issue 13), and gradients equal Keras' own."""
     from tensorflow.core.protobuf import saved_model_pb2

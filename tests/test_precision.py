@@ -33,6 +33,7 @@ def test_mixed_export_passes_the_checker(mixed):
     assert dtypes == {tf.as_dtype(dtype).as_datatype_enum}  # It really computes in dtype.
 
 
+@pytest.mark.slow  # 10 s or more in the quick tier, with its setup (docs/development.md).
 def test_card_states_the_measured_deviation(mixed):
     dtype, path = mixed
     facts = json.loads((path / "assets.extra" / "metadata.json").read_text())

@@ -7,8 +7,8 @@ falls back on ``except Exception`` (TensorFlow's AutoGraph, for one) takes for a
 failure, and carries on. The export then completes from the fallback: a run that was
 interrupted would replace ``--out`` with something other than what was asked for.
 
-So the signal is recorded here as well, and each stage boundary (``progress.stage``) and the
-last step before an export is moved into place raise it again.
+So the signal is recorded here as well, and each stage boundary (``progress.stage``) raises
+it again: the last is the end of ``verify``, right before an export is moved into place.
 """
 
 from __future__ import annotations

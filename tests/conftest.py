@@ -63,8 +63,8 @@ def pytest_collection_finish(session):
         elif (marker := item.get_closest_marker("background")) is not None:
             jobs[item.nodeid] = _job(session, item, marker.kwargs["job"], params)
     threads = int(os.environ.get("EXPORTER_ZOO_JOBS", "2"))
+    cores = max(1, (os.cpu_count() or 1) // threads)  # Each zoo process's share.
     for name in zoo_runner.order(zoo):
-        cores = max(1, (os.cpu_count() or 1) // threads)
         jobs[f"zoo {name}"] = functools.partial(
             zoo_runner.check, name=name, repo=REPO, threads=cores
         )

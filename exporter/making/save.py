@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from exporter import interrupts, siblings, spec
+from exporter import siblings, spec
 from exporter.checking import conformance, numeric, savedmodel
 from exporter.console import native_logs_filtered
 from exporter.errors import ExportError, UnsafeOpsError
@@ -180,7 +180,6 @@ def save_owned(
         with stage("verify"):
             _verify(tmp, references)
         with _signals_held(), _explained_io_errors(out):
-            interrupts.raise_if_received()  # One swallowed before now: --out stays as it was.
             _move_into_place(tmp, out)
     except BaseException:
         if tmp is not None:

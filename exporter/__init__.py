@@ -11,9 +11,12 @@ Example:
 import importlib
 
 from exporter import console as _console
+from exporter import lean_import as _lean_import
 
-_console.export_cli_environment()  # Both before anything imports TensorFlow.
+_console.export_cli_environment()  # All three before anything imports TensorFlow.
 _console.quiet_native_logs()
+if _console.running_cli():
+    _lean_import.install()
 
 from exporter.console import quiet_tensorflow_logs  # noqa: E402
 from exporter.errors import ArgumentError, Error, ExportError, UnsafeOpsError  # noqa: E402

@@ -120,6 +120,33 @@ def test_export_clis_run_tensorflow_without_onednn_unless_the_user_chose():
         assert run(argv, value) == expected, argv
 
 
+def test_commands_load_tensorflow_without_the_optional_packages_it_would_import():
+    """``exporter.lean_import``: in a command, TensorFlow and Keras find jax, pandas,
+    matplotlib and cv2 missing while they load (each of them is installed here: the test
+    extras and CI's install), and a later import of one loads it; in Python nothing changes."""
+    code = (
+        "import sys; sys.orig_argv = sys.argv[1:]; import exporter, tensorflow; "
+        "from keras.src.trainers.data_adapters import array_slicing; "
+        "from tensorflow.lite.python import util; "
+        "loaded = [m for m in exporter.lean_import.SKIPPED if m in sys.modules]; "
+        "finders = [type(f).__name__ for f in sys.meta_path]; "
+        "import pandas; "
+        "print(loaded, array_slicing.pandas is None, util._jit is None, "
+        "'_SkipWhileLoading' in finders, pandas.__name__)"
+    )
+    cases = {  # argv -> what the process prints
+        ("python", "-m", "exporter.feature_vector", "--backbone=x"): "[] True True False pandas",
+        ("python", "train.py"): "['jax', 'pandas', 'matplotlib', 'cv2'] False False False pandas",
+    }
+    for argv, expected in cases.items():
+        done = subprocess.run(
+            [sys.executable, "-c", code, *argv], env={**os.environ, "PYTHONPATH": str(REPO)},
+            capture_output=True, text=True, timeout=300, cwd=REPO,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert done.stdout.strip() == expected, (argv, done.stdout, done.stderr[-2000:])
+
+
 def test_stage_lines_are_plain_and_timed_only_when_verbose(capsys, monkeypatch):
     try:
         exporter.enable_stage_lines()  # What a Python user opts in to.

@@ -4,7 +4,7 @@
 whatever the program will do: JAX (for ``tf.lite``'s converter from JAX functions), pandas
 (Keras' DataFrame inputs), matplotlib and OpenCV (``keras.visualization``). Where they are
 installed, which a Keras 3 user's environment often is, loading them costs more than a third
-of TensorFlow's whole import: 1.6 CPU-seconds of 4.9 on CI's machine (``docs/performance.md``).
+of TensorFlow's whole import: 1.6 CPU-seconds of 4.9 on a 2-core machine (``docs/performance.md``).
 No command calls any of those features, so in ``python -m exporter.<command>`` (and in its
 child processes, which are such commands too) they are left out while TensorFlow and Keras
 load: each then finds it "not installed", as if it were not, and says so only where that

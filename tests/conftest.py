@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import inspect
 import os
@@ -70,26 +69,7 @@ def pytest_collection_finish(session):
             zoo_runner.check, name=name, repo=REPO, threads=cores
         )
     if jobs:
-        _share_the_cores(lanes=2)
         _background["runner"] = Runner(jobs, threads)
-
-
-def _share_the_cores(lanes: int) -> None:
-    """With background jobs, two lanes of work share the cores (the suite's own stream,
-    with the processes it starts, and the jobs): each lane's TensorFlow gets its share of
-    intra-op threads, as the zoo's processes do, instead of one per core. Oversubscribed,
-    TensorFlow's thread pools spend CPU on contention: on 2 cores, three exports beside a zoo
-    check took 5% less CPU and 6% less wall time this way (4 alternating pairs,
-    docs/development.md). The processes the suite starts from now on inherit the setting;
-    the suite's own TensorFlow takes it too where it has not run an op yet."""
-    share = str(max(1, (os.cpu_count() or 1) // lanes))
-    for name in ("TF_NUM_INTRAOP_THREADS", "OMP_NUM_THREADS"):
-        os.environ.setdefault(name, share)
-    # Where TensorFlow has run an op already, its threads are set: RuntimeError.
-    with contextlib.suppress(RuntimeError):
-        tf.config.threading.set_intra_op_parallelism_threads(
-            int(os.environ["TF_NUM_INTRAOP_THREADS"])
-        )
 
 
 def _job(session, item, job, params: dict):

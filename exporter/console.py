@@ -315,8 +315,8 @@ class _QuietTensorFlowImport(importlib.abc.MetaPathFinder):
         return spec
 
 
-class _FilteredLoader(importlib.abc.Loader):
-    """A loader that runs another's ``exec_module`` inside ``native_logs_filtered``."""
+class DelegatingLoader(importlib.abc.Loader):
+    """A loader that is another's in all but what a subclass overrides (``exec_module``)."""
 
     def __init__(self, loader):
         self._loader = loader
@@ -325,15 +325,22 @@ class _FilteredLoader(importlib.abc.Loader):
         return self._loader.create_module(spec)
 
     def exec_module(self, module):
+        self._loader.exec_module(module)
+
+    def __getattr__(self, name):  # is_package, get_resource_reader, ...: the real loader's.
+        return getattr(self._loader, name)
+
+
+class _FilteredLoader(DelegatingLoader):
+    """A loader that runs another's ``exec_module`` inside ``native_logs_filtered``."""
+
+    def exec_module(self, module):
         with native_logs_filtered:
             self._loader.exec_module(module)
             # Listing the GPUs initializes CUDA: on a machine without one, "failed call to
             # cuInit" is printed now, filtered, instead of at the first op. It hides no GPU
             # and fixes no device setting (set_visible_devices still works after it).
             module.config.list_physical_devices("GPU")
-
-    def __getattr__(self, name):  # is_package, get_resource_reader, ...: the real loader's.
-        return getattr(self._loader, name)
 
 
 def quiet_python_logs() -> None:

@@ -22,6 +22,8 @@ import importlib.abc
 import importlib.util
 import sys
 
+from exporter.console import DelegatingLoader
+
 # Imported by TensorFlow's or Keras' own modules inside ``try: ... except ImportError``.
 SKIPPED = ("jax", "pandas", "matplotlib", "cv2")
 # Whose loading the finder watches: it is active while either's top module is executing.
@@ -64,21 +66,16 @@ class _SkipWhileLoading(importlib.abc.MetaPathFinder):
             sys.meta_path.remove(self)
 
 
-class _WatchedLoader(importlib.abc.Loader):
+class _WatchedLoader(DelegatingLoader):
     """Runs another loader's ``exec_module`` with its finder told when it starts and ends."""
 
     def __init__(self, loader, finder: _SkipWhileLoading):
-        self._loader, self._finder = loader, finder
-
-    def create_module(self, spec):
-        return self._loader.create_module(spec)
+        super().__init__(loader)
+        self._finder = finder
 
     def exec_module(self, module):
         self._finder.loading(True)
         try:
-            self._loader.exec_module(module)
+            super().exec_module(module)
         finally:
             self._finder.loading(False)
-
-    def __getattr__(self, name):  # is_package, get_resource_reader, ...: the real loader's.
-        return getattr(self._loader, name)
